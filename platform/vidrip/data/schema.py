@@ -19,7 +19,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -110,6 +110,9 @@ class TestRecord(_Record):
         return self.model_dump()
 
 
+R = TypeVar("R", "InstructionRecord", "TestRecord")
+
+
 @dataclass(frozen=True)
 class RecordError:
     """One problem with one record: ``file: record INDEX: field FIELD: message``."""
@@ -132,7 +135,7 @@ class RecordFileError(ValueError):
 
 
 @dataclass
-class LoadResult[R: BaseModel]:
+class LoadResult(Generic[R]):
     records: list[R]
     errors: list[RecordError] = field(default_factory=list)
 
@@ -164,7 +167,7 @@ def _field_name(loc: tuple) -> str:
     return ".".join(str(p) for p in loc) or "<record>"
 
 
-def load_records[R: (InstructionRecord, TestRecord)](
+def load_records(
     path: str | Path,
     kind: type[R],
     media_root: str | Path | None = None,

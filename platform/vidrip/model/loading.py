@@ -1,0 +1,114 @@
+"""Build or load a LLaVA-OneVision model and its processor from a :class:`ModelConfig`.
+
+Three ways, in this order of precedence:
+
+1. ``checkpoint``: a full LLaVA-OneVision checkpoint (a Hugging Face hub id, or a local folder such as
+   a previous stage's output) — ``from_pretrained``.
+2. ``vision_tower`` and/or ``llm``: start a fresh model from component checkpoints, as stage 0 does
+   (SigLIP-so400m + Qwen2-7B for ``ov-7b``); the projector starts random.
+3. neither: the preset's config with random weights (seeded).
+
+Hub ids resolve only from the local Hugging Face cache when ``HF_HUB_OFFLINE=1`` (vidrip's default).
+
+    cfg = ModelConfig(preset="tiny")
+    model, processor = load_model(cfg), load_processor(cfg)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from vidrip.config import StrictConfig
+from vidrip.model.presets import PRESETS, Preset, llava_config
+from vidrip.model.processor import build_processor
+
+__all__ = ["ModelConfig", "load_model", "load_processor", "save_model"]
+
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+class ModelConfig(StrictConfig):
+    """Which model: a preset, and optionally real weights (see module docstring)."""
+
+    preset: Literal["tiny", "ov-7b"] = "tiny"
+    checkpoint: str | None = None
+    vision_tower: str | None = None
+    llm: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: Literal["eager", "sdpa"] = "sdpa"
+    seed: int = 0
+
+    @property
+    def spec(self) -> Preset:
+        return PRESETS[self.preset]
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, _DTYPES[name])
+
+
+def _local_only(ref: str) -> bool:
+    import os
+
+    return Path(ref).exists() or os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def load_model(cfg: ModelConfig):
+    """The model ``cfg`` describes, in ``cfg.dtype``, in eval mode."""
+    import torch
+    from transformers import (
+        LlavaOnevisionForConditionalGeneration,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+    )
+
+    dtype = _torch_dtype(cfg.dtype)
+    if cfg.checkpoint is not None:
+        model = LlavaOnevisionForConditionalGeneration.from_pretrained(
+            cfg.checkpoint, dtype=dtype, local_files_only=_local_only(cfg.checkpoint),
+            attn_implementation=cfg.attn_implementation,
+        )
+        return model.eval()
+
+    vision_cfg = (
+        SiglipVisionConfig.from_pretrained(cfg.vision_tower, local_files_only=_local_only(cfg.vision_tower))
+        if cfg.vision_tower else None
+    )
+    text_cfg = (
+        Qwen2Config.from_pretrained(cfg.llm, local_files_only=_local_only(cfg.llm)) if cfg.llm else None
+    )
+    config = llava_config(cfg.spec, vision_config=vision_cfg, text_config=text_cfg)
+    config._attn_implementation = cfg.attn_implementation
+    torch.manual_seed(cfg.seed)
+    model = LlavaOnevisionForConditionalGeneration(config)
+    if cfg.vision_tower:
+        tower = SiglipVisionModel.from_pretrained(cfg.vision_tower, local_files_only=_local_only(cfg.vision_tower))
+        model.model.vision_tower.load_state_dict(tower.state_dict())
+    if cfg.llm:
+        llm = Qwen2ForCausalLM.from_pretrained(cfg.llm, local_files_only=_local_only(cfg.llm))
+        model.model.language_model.load_state_dict(llm.model.state_dict())
+        model.lm_head.load_state_dict(llm.lm_head.state_dict())
+    return model.to(dtype).eval()
+
+
+def load_processor(cfg: ModelConfig):
+    """The processor saved with ``cfg.checkpoint`` when it has one, else the preset's."""
+    from transformers import AutoProcessor
+
+    if cfg.checkpoint is not None and (Path(cfg.checkpoint) / "processor_config.json").is_file():
+        return AutoProcessor.from_pretrained(cfg.checkpoint, local_files_only=True)
+    return build_processor(cfg.spec)
+
+
+def save_model(model, processor, out_dir: str | Path) -> Path:
+    """Save model and processor as one standalone Hugging Face checkpoint folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
