@@ -1,0 +1,150 @@
+"""The ``vidrip`` command line.
+
+    vidrip sample --out work/sample [seed=3 ...]     build the embedded sample corpus
+    vidrip demo [--config jobs/configs/demo.yaml]     the pipeline so far, on a local Ray cluster
+    vidrip validate FILE [--kind test] [--media-root DIR]   check a record file, one line per bad record
+    vidrip ui [--workdir work] [--port 5000]          MLflow UI on 127.0.0.1
+    vidrip curate | train | tune | serve | eval       later steps of the pipeline
+
+Every job takes ``--config FILE`` (YAML) and ``key=value`` overrides (dotted keys for sections).
+Research use only, not for clinical decisions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+from vidrip.config import ConfigError, load_config
+from vidrip.runtime import apply_offline_env
+
+__all__ = ["main"]
+
+PLANNED = {
+    "curate": "curate raw teaching videos into clips and instruction JSON (Ray Data)",
+    "train": "run training stages 0-3 (Ray Train + DeepSpeed)",
+    "tune": "sweep LoRA rank x learning rate on stage 3 (Ray Tune)",
+    "serve": "serve an OpenAI-compatible endpoint that takes videos (Ray Serve)",
+    "eval": "score models with the Video-ChatGPT judge metrics",
+}
+
+
+def _add_config_args(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--config", default=default, help=f"YAML config file (default: {default or 'built-in defaults'})")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="override config values, e.g. seed=3 ray.num_cpus=2")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vidrip",
+        description="Pathology teaching videos to a video-language model, on Ray. "
+        "Research use only, not for clinical decisions.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("sample", help="build the embedded sample corpus (real slides, templated instructions)")
+    _add_config_args(p, None)
+    p.add_argument("--out", help="output folder (overrides the config's 'out')")
+    p.add_argument("--seed", type=int, help="random seed (overrides the config's 'seed')")
+
+    p = sub.add_parser("demo", help="build the sample and answer a question about a sample video on Ray")
+    _add_config_args(p, None)
+
+    p = sub.add_parser("validate", help="validate an instruction or test record file")
+    p.add_argument("file", help="a .json list or .jsonl file of records")
+    p.add_argument("--kind", choices=("instruction", "test"), default="instruction")
+    p.add_argument("--media-root", help="folder the media paths are relative to (checks that they exist)")
+
+    p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for a work directory's runs")
+    p.add_argument("--workdir", default="work", help="work directory holding mlflow.db (default: work)")
+    p.add_argument("--uri", help="tracking URI instead of the work directory's SQLite store")
+    p.add_argument("--port", type=int, default=5000)
+
+    for name, what in PLANNED.items():
+        p = sub.add_parser(name, help=f"{what} [not yet available]")
+        p.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _cmd_sample(args) -> int:
+    from vidrip.data.sample.build import SampleConfig, build_sample
+
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"out={args.out}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    cfg = load_config(SampleConfig, args.config, overrides)
+    meta = build_sample(cfg)
+    print(f"sample written to {Path(cfg.out).resolve()} (fingerprint {meta['fingerprint']})")
+    for stage, info in meta["datasets"].items():
+        print(f"  {stage:7s} {info['records']:4d} records  {Path(cfg.out) / info['file']}")
+    print(f"  raw     {len(meta['raw_videos']):4d} videos   {Path(cfg.out) / 'raw'} (with *.truth.json)")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from vidrip.demo import DemoConfig, run_demo
+
+    cfg = load_config(DemoConfig, args.config, args.overrides)
+    out = run_demo(cfg)
+    print("\n=== vidrip demo: done ===")
+    print(f"sample corpus   {out['sample_dir']}")
+    print(f"video           {out['video']} ({out['frames']} frames at {cfg.frames.fps:g} fps, max {cfg.frames.max_frames})")
+    print(f"question        {out['question']}")
+    print(f"model answer    {out['answer']!r}")
+    print(f"                ({out['note']})")
+    print(f"reference       {out['reference_answer']}")
+    print(f"answer file     {out['answer_file']}")
+    print(f"MLflow run      {out['run_id']} in {out['tracking_uri']}")
+    print(f"browse runs     vidrip ui --workdir {cfg.workdir}")
+    return 0
+
+
+def _cmd_validate(args) -> int:
+    from vidrip.data.schema import InstructionRecord, TestRecord, load_records
+
+    kind = TestRecord if args.kind == "test" else InstructionRecord
+    result = load_records(args.file, kind, media_root=args.media_root, on_error="skip")
+    for err in result.errors:
+        print(err)
+    print(f"{args.file}: {len(result.records)} good, {len(result.errors)} bad record(s)", file=sys.stderr)
+    return 1 if result.errors else 0
+
+
+def _cmd_ui(args) -> int:
+    from vidrip.tracking import TrackingConfig, serve_ui_command
+
+    cmd = serve_ui_command(TrackingConfig(uri=args.uri), args.workdir, port=args.port)
+    print(f"MLflow UI: http://127.0.0.1:{args.port}  (Ctrl-C to stop)", flush=True)
+    return subprocess.call(cmd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    apply_offline_env()
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command in PLANNED:
+        print(f"vidrip {args.command}: not yet available ({PLANNED[args.command]}); see the project's issues.",
+              file=sys.stderr)
+        return 2
+    handlers = {"sample": _cmd_sample, "demo": _cmd_demo, "validate": _cmd_validate, "ui": _cmd_ui}
+    try:
+        return handlers[args.command](args)
+    except ConfigError as exc:
+        print(f"config error:\n{exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
