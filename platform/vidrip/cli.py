@@ -34,7 +34,9 @@ PLANNED = {
 
 def _add_config_args(p: argparse.ArgumentParser, default: str | None) -> None:
     p.add_argument("--config", default=default, help=f"YAML config file (default: {default or 'built-in defaults'})")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="override config values, e.g. seed=3 ray.num_cpus=2")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="override config values, e.g. seed=3 ray.num_cpus=2"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,7 +96,8 @@ def _cmd_demo(args) -> int:
     out = run_demo(cfg)
     print("\n=== vidrip demo: done ===")
     print(f"sample corpus   {out['sample_dir']}")
-    print(f"video           {out['video']} ({out['frames']} frames at {cfg.frames.fps:g} fps, max {cfg.frames.max_frames})")
+    policy = f"{cfg.frames.fps:g} fps, max {cfg.frames.max_frames}"
+    print(f"video           {out['video']} ({out['frames']} frames at {policy})")
     print(f"question        {out['question']}")
     print(f"model answer    {out['answer']!r}")
     print(f"                ({out['note']})")
@@ -132,8 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command in PLANNED:
-        print(f"vidrip {args.command}: not yet available ({PLANNED[args.command]}); see the project's issues.",
-              file=sys.stderr)
+        print(
+            f"vidrip {args.command}: not yet available ({PLANNED[args.command]}); see the project's issues.",
+            file=sys.stderr,
+        )
         return 2
     handlers = {"sample": _cmd_sample, "demo": _cmd_demo, "validate": _cmd_validate, "ui": _cmd_ui}
     try:

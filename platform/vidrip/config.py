@@ -34,14 +34,23 @@ class ConfigError(ValueError):
     """A config file or override that does not match its schema; the message names file and key."""
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def _format_errors(err: ValidationError, source: str, overrides: dict[str, str]) -> str:
+    """One line per error; a key set on the command line is reported as such, not as the file's."""
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        origin = next(
+            (
+                f"{source} (command-line override {item!r})"
+                for k, item in overrides.items()
+                if key == k or key.startswith(k + ".")
+            ),
+            source,
+        )
         if e["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown key '{key}'")
+            lines.append(f"{origin}: unknown key '{key}'")
         else:
-            lines.append(f"{source}: key '{key}': {e['msg']} (got {e.get('input')!r})")
+            lines.append(f"{origin}: key '{key}': {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)
 
 
@@ -99,4 +108,5 @@ def load_config(schema: type[C], path: str | Path | None = None, overrides: Iter
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, source)) from None
+        by_key = {item.partition("=")[0].strip(): item for item in overrides}
+        raise ConfigError(_format_errors(exc, source, by_key)) from None

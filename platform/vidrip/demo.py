@@ -85,7 +85,9 @@ def answer_on_ray(cfg: DemoConfig, video: Path, question: str) -> dict:
     import ray
 
     task = ray.remote(num_cpus=1)(_answer_task)
-    return ray.get(task.remote(cfg.model.model_dump(), str(video), question, cfg.frames.model_dump(), cfg.max_new_tokens))
+    return ray.get(
+        task.remote(cfg.model.model_dump(), str(video), question, cfg.frames.model_dump(), cfg.max_new_tokens)
+    )
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -118,8 +120,12 @@ def run_demo(cfg: DemoConfig) -> dict:
                 **result,
             }
             mlflow.log_dict(record, "answer.json")
-            mlflow.log_metrics({k: float(result[k]) for k in
-                                ("prompt_tokens", "completion_tokens", "frames", "load_seconds", "generate_seconds")})
+            mlflow.log_metrics(
+                {
+                    k: float(result[k])
+                    for k in ("prompt_tokens", "completion_tokens", "frames", "load_seconds", "generate_seconds")
+                }
+            )
             run_id = run.info.run_id
     finally:
         if ray.is_initialized():

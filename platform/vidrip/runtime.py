@@ -206,17 +206,25 @@ class LocalRayHead:
         cfg, p = self.config, self.config.ports
         ray_bin = Path(sys.executable).with_name("ray")
         cmd = [
-            str(ray_bin) if ray_bin.exists() else "ray", "start", "--head", "--block",
-            f"--node-ip-address={cfg.host}", f"--port={p.gcs}",
-            f"--dashboard-host={cfg.host}", f"--dashboard-port={p.dashboard}",
+            str(ray_bin) if ray_bin.exists() else "ray",
+            "start",
+            "--head",
+            "--block",
+            f"--node-ip-address={cfg.host}",
+            f"--port={p.gcs}",
+            f"--dashboard-host={cfg.host}",
+            f"--dashboard-port={p.dashboard}",
             f"--ray-client-server-port={p.client_server}",
-            f"--node-manager-port={p.node_manager}", f"--object-manager-port={p.object_manager}",
+            f"--node-manager-port={p.node_manager}",
+            f"--object-manager-port={p.object_manager}",
             f"--metrics-export-port={p.metrics_export}",
             f"--dashboard-agent-listen-port={p.dashboard_agent_listen}",
             f"--dashboard-agent-grpc-port={p.dashboard_agent_grpc}",
             f"--runtime-env-agent-port={p.runtime_env_agent}",
-            f"--min-worker-port={p.min_worker}", f"--max-worker-port={p.max_worker}",
-            f"--temp-dir={self._temp_dir()}", "--disable-usage-stats",
+            f"--min-worker-port={p.min_worker}",
+            f"--max-worker-port={p.max_worker}",
+            f"--temp-dir={self._temp_dir()}",
+            "--disable-usage-stats",
             f"--object-store-memory={cfg.object_store_memory_mb * 1024 * 1024}",
         ]
         if cfg.num_cpus is not None:
@@ -239,8 +247,12 @@ class LocalRayHead:
         log.info("starting Ray head on %s (dashboard %s)", self.config.gcs_address, self.config.dashboard_url)
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                self.command(), env=self.env(), stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                self.command(),
+                env=self.env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         deadline = time.monotonic() + self.config.start_timeout_s
         while time.monotonic() < deadline:

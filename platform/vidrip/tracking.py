@@ -67,7 +67,9 @@ def git_commit() -> str:
         return "unknown"
     if out.returncode != 0:
         return "unknown"
-    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain"], capture_output=True, text=True, timeout=10)
+    dirty = subprocess.run(
+        ["git", "-C", str(root), "status", "--porcelain"], capture_output=True, text=True, timeout=10
+    )
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
@@ -149,8 +151,16 @@ def serve_ui_command(tracking: TrackingConfig, workdir: str | Path, port: int = 
     """``mlflow server`` on 127.0.0.1 against this work directory's store."""
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     return [
-        str(mlflow_bin) if mlflow_bin.exists() else "mlflow", "server",
-        "--backend-store-uri", resolve_tracking_uri(tracking, workdir),
-        "--default-artifact-root", artifact_root(workdir).as_uri(),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        str(mlflow_bin) if mlflow_bin.exists() else "mlflow",
+        "server",
+        "--backend-store-uri",
+        resolve_tracking_uri(tracking, workdir),
+        "--default-artifact-root",
+        artifact_root(workdir).as_uri(),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
     ]

@@ -191,8 +191,7 @@ def load_records(
         except ValidationError as exc:
             first = exc.errors()[0]
             msg = "; ".join(
-                f"{_field_name(e['loc'])}: {e['msg']}" if len(exc.errors()) > 1 else e["msg"]
-                for e in exc.errors()
+                f"{_field_name(e['loc'])}: {e['msg']}" if len(exc.errors()) > 1 else e["msg"] for e in exc.errors()
             )
             errors.append(RecordError(str(path), index, _field_name(first["loc"]), msg))
             continue

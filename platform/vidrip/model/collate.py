@@ -81,8 +81,11 @@ class Collator:
         )
         ids = batch["input_ids"]
         if self.max_length is not None and ids.shape[1] > self.max_length:
-            too_long = [s.record.id for s, m in zip(samples, batch["attention_mask"], strict=True)
-                        if int(m.sum()) > self.max_length]
+            too_long = [
+                s.record.id
+                for s, m in zip(samples, batch["attention_mask"], strict=True)
+                if int(m.sum()) > self.max_length
+            ]
             raise ValueError(
                 f"records {too_long} are longer than max_length={self.max_length} tokens after media expansion; "
                 "raise max_length or sample fewer frames"

@@ -1,8 +1,8 @@
 """Answer a question about a video (or an image) with a LLaVA-OneVision model: greedy or sampled, seeded.
 
-    frames = read_frames("case.mp4", FramePolicy(rule="fps"), size=preset.image_size).array
-    reply = answer(model, processor, question="What is shown?", frames=frames, max_new_tokens=64)
-    reply.text, reply.prompt_tokens, reply.completion_tokens
+frames = read_frames("case.mp4", FramePolicy(rule="fps"), size=preset.image_size).array
+reply = answer(model, processor, question="What is shown?", frames=frames, max_new_tokens=64)
+reply.text, reply.prompt_tokens, reply.completion_tokens
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ def answer(
     if image is not None:
         parts.append({"type": "image"})
     parts.append({"type": "text", "text": question})
-    prompt = processor.apply_chat_template([{"role": "user", "content": parts}], add_generation_prompt=True, tokenize=False)
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": parts}], add_generation_prompt=True, tokenize=False
+    )
     inputs = processor(
         text=prompt,
         videos=[frames] if frames is not None else None,
@@ -64,5 +66,6 @@ def answer(
     if eos in new:
         new = new[: new.index(eos)]
     text = processor.tokenizer.decode(new, skip_special_tokens=True)
-    return Reply(text=text, prompt_tokens=int(inputs["input_ids"].shape[1]), completion_tokens=len(new),
-                 finish_reason=finish)
+    return Reply(
+        text=text, prompt_tokens=int(inputs["input_ids"].shape[1]), completion_tokens=len(new), finish_reason=finish
+    )

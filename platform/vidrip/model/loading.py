@@ -70,18 +70,19 @@ def load_model(cfg: ModelConfig):
     dtype = _torch_dtype(cfg.dtype)
     if cfg.checkpoint is not None:
         model = LlavaOnevisionForConditionalGeneration.from_pretrained(
-            cfg.checkpoint, dtype=dtype, local_files_only=_local_only(cfg.checkpoint),
+            cfg.checkpoint,
+            dtype=dtype,
+            local_files_only=_local_only(cfg.checkpoint),
             attn_implementation=cfg.attn_implementation,
         )
         return model.eval()
 
     vision_cfg = (
         SiglipVisionConfig.from_pretrained(cfg.vision_tower, local_files_only=_local_only(cfg.vision_tower))
-        if cfg.vision_tower else None
+        if cfg.vision_tower
+        else None
     )
-    text_cfg = (
-        Qwen2Config.from_pretrained(cfg.llm, local_files_only=_local_only(cfg.llm)) if cfg.llm else None
-    )
+    text_cfg = Qwen2Config.from_pretrained(cfg.llm, local_files_only=_local_only(cfg.llm)) if cfg.llm else None
     config = llava_config(cfg.spec, vision_config=vision_cfg, text_config=text_cfg)
     config._attn_implementation = cfg.attn_implementation
     torch.manual_seed(cfg.seed)

@@ -13,8 +13,10 @@ Later calls load the cached ``tokenizer.json`` in well under a second.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 from vidrip.paths import cache_dir
@@ -92,8 +94,7 @@ def load_qwen2_tokenizer(path: str | Path | None = None):
         return AutoTokenizer.from_pretrained(str(target), local_files_only=True)
     tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
     build_qwen2_tokenizer(tmp)
-    try:
+    with contextlib.suppress(OSError):  # another process finished first: use theirs
         tmp.rename(target)
-    except OSError:  # another process finished first: use theirs
-        pass
+    shutil.rmtree(tmp, ignore_errors=True)
     return AutoTokenizer.from_pretrained(str(target), local_files_only=True)

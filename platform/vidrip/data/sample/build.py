@@ -107,8 +107,10 @@ class _Builder:
     def __init__(self, cfg: SampleConfig):
         self.cfg = cfg
         self.out = Path(cfg.out)
-        self.rngs = {name: np.random.default_rng([cfg.seed, i]) for i, name in enumerate(
-            ("raw", "stage0", "stage1", "stage2", "stage3", "test"))}
+        self.rngs = {
+            name: np.random.default_rng([cfg.seed, i])
+            for i, name in enumerate(("raw", "stage0", "stage1", "stage2", "stage3", "test"))
+        }
 
     def _source(self, i: int) -> str:
         return SOURCE_KEYS[i % len(SOURCE_KEYS)]
@@ -133,10 +135,16 @@ class _Builder:
         for i in range(self.cfg.stage0_images):
             rel, key, mag, label = self.image_item("stage0", i)
             prompt = str(self.rngs["stage0"].choice(texts.CAPTION_PROMPTS))
-            out.append({"id": f"s0-{i:03d}", "image": rel, "conversations": [
-                {"from": "human", "value": f"<image>\n{prompt}"},
-                {"from": "gpt", "value": texts.caption(SOURCES[key], mag, label)},
-            ]})
+            out.append(
+                {
+                    "id": f"s0-{i:03d}",
+                    "image": rel,
+                    "conversations": [
+                        {"from": "human", "value": f"<image>\n{prompt}"},
+                        {"from": "gpt", "value": texts.caption(SOURCES[key], mag, label)},
+                    ],
+                }
+            )
             yield
         self.records["stage0"] = out
 
@@ -155,7 +163,7 @@ class _Builder:
         cfg = self.cfg
         for i in range(cfg.stage2_clips):
             key = self._source(i)
-            _, medium, high = _spans(key)
+            high = _spans(key)[2]
             end = pick_roi(key, high * float(rng.uniform(1.0, 1.6)), rng)
             if rng.random() < 0.5:
                 start, motion = View(end.cx, end.cy, end.span * 2.5), "zooms in"
@@ -168,10 +176,16 @@ class _Builder:
             write_mp4(self.out / rel, frames, cfg.clip_fps)
             label = _label_at(key, end)
             desc = texts.clip_description(SOURCES[key], motion, magnification_words(key, end.span), label)
-            out.append({"id": f"s2-{i:03d}", "video": rel, "conversations": [
-                {"from": "human", "value": "<image>\nDescribe what this clip shows."},
-                {"from": "gpt", "value": desc},
-            ]})
+            out.append(
+                {
+                    "id": f"s2-{i:03d}",
+                    "video": rel,
+                    "conversations": [
+                        {"from": "human", "value": "<image>\nDescribe what this clip shows."},
+                        {"from": "gpt", "value": desc},
+                    ],
+                }
+            )
             yield
         self.records["stage2"] = out
 
@@ -201,10 +215,16 @@ class _Builder:
         out = []
         for i in range(self.cfg.stage3_videos):
             rel, question, answer = self._diagnostic_video("stage3", i)
-            out.append({"id": f"s3-{i:03d}", "video": rel, "conversations": [
-                {"from": "human", "value": f"<image>\n{question}"},
-                {"from": "gpt", "value": answer},
-            ]})
+            out.append(
+                {
+                    "id": f"s3-{i:03d}",
+                    "video": rel,
+                    "conversations": [
+                        {"from": "human", "value": f"<image>\n{question}"},
+                        {"from": "gpt", "value": answer},
+                    ],
+                }
+            )
             yield
         self.records["stage3"] = out
 
@@ -235,12 +255,40 @@ class _Builder:
             ov = _overview(key)
             src = SOURCES[key]
             label = _label_at(key, roi)
-            shots.append((Shot("tissue", secs * 0.6, key, ov, roi, viewport,
-                               captions=[Caption(f"{src.stain} - low power overview", 0.0, 1.5)],
-                               pip=(0.0, secs * 0.6)), True, "overview", key))
+            shots.append(
+                (
+                    Shot(
+                        "tissue",
+                        secs * 0.6,
+                        key,
+                        ov,
+                        roi,
+                        viewport,
+                        captions=[Caption(f"{src.stain} - low power overview", 0.0, 1.5)],
+                        pip=(0.0, secs * 0.6),
+                    ),
+                    True,
+                    "overview",
+                    key,
+                )
+            )
             pan_end = View(roi.cx + roi.span * 0.3, roi.cy + roi.span * 0.1, roi.span)
-            shots.append((Shot("tissue", secs * 0.4, key, roi, pan_end, viewport,
-                               captions=[Caption(f"{label}", 0.3, secs * 0.4)]), False, label, key))
+            shots.append(
+                (
+                    Shot(
+                        "tissue",
+                        secs * 0.4,
+                        key,
+                        roi,
+                        pan_end,
+                        viewport,
+                        captions=[Caption(f"{label}", 0.3, secs * 0.4)],
+                    ),
+                    False,
+                    label,
+                    key,
+                )
+            )
         frames: list[np.ndarray] = []
         truth: list[dict] = []
         shot_rows, lines = [], []
@@ -251,11 +299,22 @@ class _Builder:
                 g.update(frame=len(frames), t=round(len(frames) / cfg.raw_fps, 4), shot=s, source=key)
                 frames.append(frame)
                 truth.append(g)
-            shot_rows.append({"shot": s, "kind": shot.kind, "source": key, "start_frame": start_frame,
-                              "end_frame": len(frames), "hard_cut_before": cut and s > 0})
+            shot_rows.append(
+                {
+                    "shot": s,
+                    "kind": shot.kind,
+                    "source": key,
+                    "start_frame": start_frame,
+                    "end_frame": len(frames),
+                    "hard_cut_before": cut and s > 0,
+                }
+            )
             src = SOURCES[key] if key else None
-            text = texts.narration_for(src, narration if narration in ("intro", "overview") else "finding",
-                                       narration if narration not in ("intro", "overview") else None)
+            text = texts.narration_for(
+                src,
+                narration if narration in ("intro", "overview") else "finding",
+                narration if narration not in ("intro", "overview") else None,
+            )
             lines.append(NarrationLine(text, start_frame / cfg.raw_fps, shot.seconds - 0.1))
         duration = len(frames) / cfg.raw_fps
         rel = f"raw/teach_{i:02d}.mp4"
@@ -263,12 +322,23 @@ class _Builder:
             wav = Path(tmp) / "narration.wav"
             transcript = write_narration(lines, duration, wav)
             write_mp4(self.out / rel, frames, cfg.raw_fps, audio=wav)
-        (self.out / f"raw/teach_{i:02d}.truth.json").write_text(json.dumps({
-            "video": rel, "fps": cfg.raw_fps, "width": w, "height": h, "num_frames": len(frames),
-            "duration": duration, "shots": shot_rows,
-            "cuts": [r["start_frame"] for r in shot_rows if r["hard_cut_before"]],
-            "narration": transcript, "frames": truth,
-        }, indent=1))
+        (self.out / f"raw/teach_{i:02d}.truth.json").write_text(
+            json.dumps(
+                {
+                    "video": rel,
+                    "fps": cfg.raw_fps,
+                    "width": w,
+                    "height": h,
+                    "num_frames": len(frames),
+                    "duration": duration,
+                    "shots": shot_rows,
+                    "cuts": [r["start_frame"] for r in shot_rows if r["hard_cut_before"]],
+                    "narration": transcript,
+                    "frames": truth,
+                },
+                indent=1,
+            )
+        )
 
     def run(self) -> dict:
         for d in ("raw", "images", "clips", "videos"):
@@ -301,8 +371,9 @@ class _Builder:
             "from real slides, with ground truth, and small data sets for the four training stages.",
             "notice": NOTICE,
             "licence": "Derived media and templated texts: CC0 1.0; each source keeps its own terms (below).",
-            "sources": {k: {"stain": s.stain, "provenance": s.provenance, "licence": s.licence}
-                        for k, s in SOURCES.items()}
+            "sources": {
+                k: {"stain": s.stain, "provenance": s.provenance, "licence": s.licence} for k, s in SOURCES.items()
+            }
             | {"presenter": {"provenance": PRESENTER_PROVENANCE, "licence": "public domain"}},
             "narration": "synthesised with espeak-ng",
             "config": self.cfg.model_dump(),
@@ -320,9 +391,9 @@ def _card(meta: dict) -> str:
     sets = "\n".join(f"| {k} | `{v['file']}` | {v['records']} |" for k, v in meta["datasets"].items())
     return f"""# vidrip sample corpus
 
-{meta['notice']}
+{meta["notice"]}
 
-Fingerprint `{meta['fingerprint']}`, seed {meta['config']['seed']}.
+Fingerprint `{meta["fingerprint"]}`, seed {meta["config"]["seed"]}.
 
 ## Sources
 
@@ -330,7 +401,7 @@ Fingerprint `{meta['fingerprint']}`, seed {meta['config']['seed']}.
 |---|---|---|
 {rows}
 
-Narration is synthesised with espeak-ng. {meta['licence']}
+Narration is synthesised with espeak-ng. {meta["licence"]}
 
 ## Data sets
 

@@ -30,18 +30,23 @@ class NarrationLine:
 def espeak_binary() -> str:
     path = shutil.which("espeak-ng")
     if path is None:
-        raise RuntimeError("espeak-ng not found on PATH; install it (Debian: apt-get install espeak-ng, or `make setup`)")
+        raise RuntimeError(
+            "espeak-ng not found on PATH; install it (Debian: apt-get install espeak-ng, or `make setup`)"
+        )
     return path
 
 
 def _speak(text: str, words_per_minute: int, out: Path) -> np.ndarray:
     subprocess.run(
         [espeak_binary(), "-v", "en-us", "-s", str(words_per_minute), "-w", str(out), text],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     with wave.open(str(out)) as wf:
         if wf.getframerate() != SAMPLE_RATE or wf.getsampwidth() != 2:
-            raise RuntimeError(f"espeak-ng wrote {wf.getframerate()} Hz / {wf.getsampwidth() * 8} bit; expected 22050/16")
+            raise RuntimeError(
+                f"espeak-ng wrote {wf.getframerate()} Hz / {wf.getsampwidth() * 8} bit; expected 22050/16"
+            )
         return np.frombuffer(wf.readframes(wf.getnframes()), dtype=np.int16)
 
 

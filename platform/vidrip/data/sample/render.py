@@ -80,12 +80,14 @@ def _camera(source_img: np.ndarray, view: View, out_w: int, out_h: int) -> np.nd
     """The part of the source the camera sees, resized to ``out_w`` x ``out_h``; glass outside the slide."""
     scale = out_w / view.span
     # affine map from output pixels to source pixels, done by OpenCV in one warp (border = glass)
-    m = np.array(
-        [[scale, 0, out_w / 2 - view.cx * scale], [0, scale, out_h / 2 - view.cy * scale]], dtype=np.float64
-    )
+    m = np.array([[scale, 0, out_w / 2 - view.cx * scale], [0, scale, out_h / 2 - view.cy * scale]], dtype=np.float64)
     return cv2.warpAffine(
-        source_img, m, (out_w, out_h), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_CONSTANT, borderValue=GLASS,
+        source_img,
+        m,
+        (out_w, out_h),
+        flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=GLASS,
     )
 
 
@@ -102,8 +104,12 @@ def _tissue_box(view_rgb: np.ndarray, offset: tuple[int, int], block: int = 8) -
         return None
     ys, xs = np.nonzero(blocks)
     ox, oy = offset
-    return [int(ox + xs.min() * block), int(oy + ys.min() * block),
-            int(ox + min(w, (xs.max() + 1) * block)), int(oy + min(h, (ys.max() + 1) * block))]
+    return [
+        int(ox + xs.min() * block),
+        int(oy + ys.min() * block),
+        int(ox + min(w, (xs.max() + 1) * block)),
+        int(oy + min(h, (ys.max() + 1) * block)),
+    ]
 
 
 def _presenter(w: int, h: int) -> np.ndarray:
@@ -140,8 +146,14 @@ def render_shot(shot: Shot, width: int, height: int, fps: int) -> tuple[list[np.
     pip_img = _presenter(pip_w, pip_h) if shot.pip else None
     for i in range(n):
         t = i / fps
-        gt: dict = {"t_shot": round(t, 4), "tissue_box": None, "presenter_box": None,
-                    "presenter_dominant": False, "text": [], "view": None}
+        gt: dict = {
+            "t_shot": round(t, 4),
+            "tissue_box": None,
+            "presenter_box": None,
+            "presenter_dominant": False,
+            "text": [],
+            "view": None,
+        }
         if shot.kind == "presenter":
             frame = _presenter(width, height).copy()
             gt["presenter_box"] = [0, 0, width, height]

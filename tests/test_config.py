@@ -1,0 +1,86 @@
+"""Typed configs: every shipped YAML validates; unknown or mistyped keys name the key and the file."""
+
+import pytest
+
+from vidrip.config import ConfigError, StrictConfig, apply_overrides, load_config
+from vidrip.data.sample.build import SampleConfig
+from vidrip.demo import DemoConfig
+
+# Every YAML in the repository, with the schema it is for. A new YAML must be added here.
+SCHEMAS = {
+    "jobs/configs/sample.yaml": SampleConfig,
+    "jobs/configs/demo.yaml": DemoConfig,
+}
+YAML_FOLDERS = ("jobs", "serve_apps", "tune_configs", "cluster")
+
+
+def test_every_shipped_yaml_is_known(repo):
+    found = {str(p.relative_to(repo)) for d in YAML_FOLDERS for p in (repo / d).rglob("*.y*ml")}
+    assert found == set(SCHEMAS), "add new YAML files to SCHEMAS with their schema"
+
+
+@pytest.mark.parametrize("rel", sorted(SCHEMAS))
+def test_shipped_yaml_validates(repo, rel):
+    cfg = load_config(SCHEMAS[rel], repo / rel)
+    assert isinstance(cfg, SCHEMAS[rel])
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("seed: 1\nsede: 2\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(SampleConfig, f)
+    assert str(f) in str(exc.value) and "unknown key 'sede'" in str(exc.value)
+
+
+def test_nested_unknown_key_is_dotted(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("ray:\n  num_cpu: 2\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'ray.num_cpu'"):
+        load_config(DemoConfig, f)
+
+
+def test_wrong_type_names_key_and_value(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("raw_fps: fast\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(SampleConfig, f)
+    msg = str(exc.value)
+    assert str(f) in msg and "key 'raw_fps'" in msg and "'fast'" in msg
+
+
+def test_overrides_parse_yaml_scalars_and_reach_nested_sections(repo):
+    cfg = load_config(
+        DemoConfig, repo / "jobs/configs/demo.yaml", ["ray.num_cpus=1", "sample.seed=7", "model.preset=tiny"]
+    )
+    assert cfg.ray.num_cpus == 1 and cfg.sample.seed == 7
+
+
+def test_bad_override_is_reported_as_from_the_command_line(repo):
+    with pytest.raises(ConfigError, match=r"command-line override.*unknown key 'ray\.cpus'"):
+        load_config(DemoConfig, repo / "jobs/configs/demo.yaml", ["ray.cpus=1"])
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        load_config(DemoConfig, None, ["ray.num_cpus"])
+
+
+def test_override_into_a_scalar_is_an_error():
+    with pytest.raises(ConfigError, match="'seed' is not a section"):
+        apply_overrides({"seed": 1}, ["seed.x=2"], "cli")
+
+
+def test_missing_file_and_non_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(SampleConfig, tmp_path / "nope.yaml")
+    f = tmp_path / "list.yaml"
+    f.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(SampleConfig, f)
+
+
+def test_assignment_is_validated():
+    class C(StrictConfig):
+        n: int = 1
+
+    c = C()
+    with pytest.raises(ValueError):
+        c.n = "many"

@@ -1,0 +1,43 @@
+"""The demo end to end on the session's Ray cluster: sample -> answer on a Ray worker -> MLflow run."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from conftest import SMALL_SAMPLE
+from vidrip.demo import DemoConfig, ensure_sample, run_demo
+from vidrip.runtime import RayConfig
+
+
+@pytest.mark.integration
+def test_demo_records_a_finished_run_with_the_answer(ray_head, tmp_path, tracking, sample_dir):
+    cfg = DemoConfig(
+        workdir=str(tmp_path / "work"),
+        sample={"out": str(sample_dir), **SMALL_SAMPLE},
+        ray=RayConfig(address=ray_head.config.gcs_address, ports=ray_head.config.ports),
+        tracking=tracking,
+        max_new_tokens=4,
+    )
+    # the demo connects with the head's own token
+    (tmp_path / "work" / "ray").mkdir(parents=True)
+    (tmp_path / "work" / "ray" / "auth_token").write_text((ray_head.workdir / "ray" / "auth_token").read_text())
+    out = run_demo(cfg)
+    run = mlflow.MlflowClient().get_run(out["run_id"])
+    assert run.info.status == "FINISHED"
+    artifact = mlflow.artifacts.download_artifacts(run_id=out["run_id"], artifact_path="answer.json")
+    answer = json.loads(Path(artifact).read_text())
+    assert answer["question"] and answer["reference_answer"].count("Diagnosis: ") == 1
+    assert isinstance(answer["answer"], str) and answer["completion_tokens"] <= 4
+    assert answer["frames"] == len(answer["frame_timestamps"]) == 6  # 6 s video, 1 frame per second
+    assert answer["frame_timestamps"] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert json.loads((tmp_path / "work" / "demo_answer.json").read_text())["answer"] == answer["answer"]
+
+
+def test_existing_sample_with_the_same_config_is_reused(sample_dir):
+    from vidrip.data.sample.build import SampleConfig
+
+    before = (sample_dir / "metadata.json").stat().st_mtime_ns
+    ensure_sample(SampleConfig(out=str(sample_dir), **SMALL_SAMPLE))
+    assert (sample_dir / "metadata.json").stat().st_mtime_ns == before
