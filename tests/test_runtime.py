@@ -117,3 +117,12 @@ def test_a_second_head_starts_and_stops_only_its_own_processes(ray_head, tmp_pat
 def test_refuses_to_start_a_head_for_a_remote_address(tmp_path):
     with pytest.raises(ValueError, match="connect to that cluster"):
         LocalRayHead(RayConfig(address="10.1.2.3:6379"), tmp_path)
+
+
+@pytest.mark.integration
+def test_a_head_on_taken_ports_is_refused(ray_head, tmp_path):
+    """Readiness must never be answered by another cluster's dashboard."""
+    clash = LocalRayHead(RayConfig(ports=ray_head.config.ports), tmp_path)
+    with pytest.raises(RuntimeError, match=rf"port\(s\) in use: gcs={ray_head.config.ports.gcs}"):
+        clash.start()
+    assert clash.proc is None

@@ -23,6 +23,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -132,21 +133,34 @@ def ensure_ray_bootstrap_config() -> Path:
     return path
 
 
-def _auth_env(cfg: RayConfig, workdir: Path) -> dict[str, str]:
+def _auth_env(cfg: RayConfig, workdir: Path, create: bool) -> dict[str, str]:
+    """Token auth settings. A head we start gets a token in the work directory (``create``); when we only
+    connect, that token is used if the work directory has one, else Ray finds its own
+    (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``)."""
     if cfg.auth == "disabled":
         return {"RAY_AUTH_MODE": "disabled"}
-    token_path = workdir / "ray" / "auth_token"
+    token_path = token_file(workdir)
     if not token_path.is_file():
+        if not create:
+            return {}
         token_path.parent.mkdir(parents=True, exist_ok=True)
         token_path.write_text(secrets.token_hex(32))
         token_path.chmod(0o600)
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
 
 
-def ray_env(cfg: RayConfig, workdir: Path) -> dict[str, str]:
+def token_file(workdir: str | Path) -> Path:
+    """Where a head started in ``workdir`` keeps its auth token."""
+    return Path(workdir).resolve() / "ray" / "auth_token"
+
+
+def ray_env(cfg: RayConfig, workdir: Path, *, starting_head: bool = False) -> dict[str, str]:
     """What a process needs in its environment to talk to this cluster (offline, authenticated)."""
-    env = {**offline_env(), **_auth_env(cfg, workdir), "RAY_API_SERVER_ADDRESS": cfg.dashboard_url}
+    env = {**offline_env(), **_auth_env(cfg, workdir, create=starting_head)}
     if _is_loopback_cluster(cfg):
+        # our own head (or one on this machine with the same port layout): pin the dashboard, so a second
+        # Ray instance on the host is never mistaken for ours (Train V2's placement-group cleaner)
+        env["RAY_API_SERVER_ADDRESS"] = cfg.dashboard_url
         env[_LOOPBACK_ONLY_VAR] = "0"
     return env
 
@@ -157,7 +171,7 @@ _LOOPBACK_ONLY_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def _is_loopback_cluster(cfg: RayConfig) -> bool:
-    host = cfg.gcs_address.rsplit(":", 1)[0].strip("[]")
+    host = cfg.host if cfg.address is None else cfg.address.rsplit(":", 1)[0].strip("[]")
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -192,15 +206,19 @@ class LocalRayHead:
         self.log_path = self.workdir / "ray" / "head.log"
 
     def env(self) -> dict[str, str]:
-        env = {**os.environ, **ray_env(self.config, self.workdir)}
+        env = {**os.environ, **ray_env(self.config, self.workdir, starting_head=True)}
+        # `python` in a submitted job's entrypoint is this environment's interpreter
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         if self.netguard_dir is not None:
             env = netguard.guard_env(self.netguard_dir, env)
         return env
 
     def auth_headers(self) -> dict[str, str]:
         """HTTP headers for the dashboard and job API (a Bearer token when token auth is on)."""
-        token_path = _auth_env(self.config, self.workdir).get("RAY_AUTH_TOKEN_PATH")
-        return {"Authorization": f"Bearer {Path(token_path).read_text().strip()}"} if token_path else {}
+        token_path = token_file(self.workdir)
+        if self.config.auth == "disabled" or not token_path.is_file():
+            return {}
+        return {"Authorization": f"Bearer {token_path.read_text().strip()}"}
 
     def command(self) -> list[str]:
         cfg, p = self.config, self.config.ports
@@ -240,7 +258,26 @@ class LocalRayHead:
             temp = Path("/tmp") / f"vidrip-ray-{self.config.ports.gcs}"
         return temp
 
+    def _check_ports_free(self) -> None:
+        """Refuse to start when a port is taken: readiness must not be answered by another Ray's dashboard."""
+        busy = []
+        for name, port in self.config.ports.model_dump().items():
+            if name in ("min_worker", "max_worker"):
+                continue
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind((self.config.host, port))
+                except OSError:
+                    busy.append(f"{name}={port}")
+        if busy:
+            raise RuntimeError(
+                f"cannot start a Ray head on {self.config.host}: port(s) in use: {', '.join(busy)} "
+                "(another Ray head?). Stop it, or move this one with ray.ports.* in the config."
+            )
+
     def start(self) -> LocalRayHead:
+        self._check_ports_free()
         ensure_ray_bootstrap_config()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._temp_dir().mkdir(parents=True, exist_ok=True)
