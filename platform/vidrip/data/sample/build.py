@@ -202,8 +202,7 @@ class _Builder:
             Shot("tissue", cfg.video_seconds - zoom_s, key, roi, View(roi.cx + roi.span * 0.2, roi.cy, roi.span)),
         ]
         frames = [f for shot in shots for f in render_shot(shot, cfg.width, cfg.height, cfg.video_fps)[0]]
-        folder = "videos"
-        rel = f"{folder}/{stream}_{i:03d}.mp4"
+        rel = f"videos/{stream}_{i:03d}.mp4"
         write_mp4(self.out / rel, frames, cfg.video_fps)
         label = _label_at(key, roi)
         answer = texts.video_answer(
@@ -247,8 +246,8 @@ class _Builder:
         w, h = cfg.width, cfg.height
         viewport = (w // 16, h // 12, w - w // 16, h - h // 12)
         a, b = (SOURCE_KEYS[i % 2], SOURCE_KEYS[(i + 1) % 2])
-        shots: list[tuple[Shot, bool, str, str | None]] = []  # shot, hard cut before, narration kind, source
-        shots.append((Shot("presenter", 2.0), True, "intro", None))
+        # (shot, hard cut before it, narration spoken from its start, source)
+        shots: list[tuple[Shot, bool, str, str | None]] = [(Shot("presenter", 2.0), True, texts.INTRO_NARRATION, None)]
         for key, secs in ((a, 6.0), (b, 6.0)):
             _, _, high = _spans(key)
             roi = pick_roi(key, high, rng)
@@ -268,7 +267,7 @@ class _Builder:
                         pip=(0.0, secs * 0.6),
                     ),
                     True,
-                    "overview",
+                    texts.overview_narration(src),
                     key,
                 )
             )
@@ -285,7 +284,7 @@ class _Builder:
                         captions=[Caption(f"{label}", 0.3, secs * 0.4)],
                     ),
                     False,
-                    label,
+                    texts.finding_narration(label),
                     key,
                 )
             )
@@ -309,13 +308,7 @@ class _Builder:
                     "hard_cut_before": cut and s > 0,
                 }
             )
-            src = SOURCES[key] if key else None
-            text = texts.narration_for(
-                src,
-                narration if narration in ("intro", "overview") else "finding",
-                narration if narration not in ("intro", "overview") else None,
-            )
-            lines.append(NarrationLine(text, start_frame / cfg.raw_fps, shot.seconds - 0.1))
+            lines.append(NarrationLine(narration, start_frame / cfg.raw_fps, shot.seconds - 0.1))
         duration = len(frames) / cfg.raw_fps
         rel = f"raw/teach_{i:02d}.mp4"
         with tempfile.TemporaryDirectory(prefix="vidrip-sample-") as tmp:

@@ -12,11 +12,13 @@ import numpy as np
 from vidrip.data.sample.sources import TissueSource
 
 __all__ = [
+    "INTRO_NARRATION",
     "caption",
     "clip_description",
     "finding",
+    "finding_narration",
     "image_conversation",
-    "narration_for",
+    "overview_narration",
     "video_answer",
     "video_question",
 ]
@@ -87,9 +89,12 @@ def video_answer(src: TissueSource, start_mag: str, end_mag: str, label: str) ->
     )
 
 
-def narration_for(src: TissueSource, kind: str, label: str | None = None) -> str:
-    if kind == "intro":
-        return "Welcome. Today we look at two slides under the microscope."
-    if kind == "overview":
-        return f"This is an {src.stain} slide of {src.organ_hint} at low power. Let us zoom in."
+INTRO_NARRATION = "Welcome. Today we look at two slides under the microscope."
+
+
+def overview_narration(src: TissueSource) -> str:
+    return f"This is an {src.stain} slide of {src.organ_hint} at low power. Let us zoom in."
+
+
+def finding_narration(label: str) -> str:
     return f"Here we see {FINDINGS[label]}. This is a {label}."
