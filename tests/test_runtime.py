@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from vidrip import netguard
-from vidrip.runtime import LocalRayHead, RayConfig, RayPorts, offline_env
+from vidrip.runtime import LocalRayHead, RayConfig, RayPorts, effective_offline_env, offline_env
 
 
 @pytest.mark.parametrize(
@@ -56,6 +56,13 @@ def test_offline_env_turns_off_phoning_home():
     assert env["HF_HUB_OFFLINE"] == "1" and env["YOLO_OFFLINE"] == "1" and env["RAY_USAGE_STATS_ENABLED"] == "0"
     assert env["RAY_USAGE_STATS_REPORT_URL"].startswith("http://127.0.0.1:")
     assert env["MLFLOW_DISABLE_TELEMETRY"] == "true"
+
+
+def test_a_users_own_setting_wins(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert effective_offline_env()["HF_HUB_OFFLINE"] == "0"
+    assert LocalRayHead(RayConfig(), tmp_path).env()["HF_HUB_OFFLINE"] == "0"
+    assert LocalRayHead(RayConfig(), tmp_path).env()["YOLO_OFFLINE"] == "1"
 
 
 @pytest.mark.integration

@@ -44,6 +44,7 @@ __all__ = [
     "RayPorts",
     "apply_offline_env",
     "connect",
+    "effective_offline_env",
     "ensure_ray_bootstrap_config",
     "offline_env",
 ]
@@ -115,10 +116,14 @@ def offline_env() -> dict[str, str]:
     }
 
 
+def effective_offline_env() -> dict[str, str]:
+    """:func:`offline_env`, except where the user has set a variable already: theirs wins, everywhere."""
+    return {key: os.environ.get(key, value) for key, value in offline_env().items()}
+
+
 def apply_offline_env() -> None:
-    """Set :func:`offline_env` in this process (values already set by the user win)."""
-    for key, value in offline_env().items():
-        os.environ.setdefault(key, value)
+    """Set :func:`effective_offline_env` in this process."""
+    os.environ.update(effective_offline_env())
 
 
 def ensure_ray_bootstrap_config() -> Path:
@@ -156,7 +161,7 @@ def token_file(workdir: str | Path) -> Path:
 
 def ray_env(cfg: RayConfig, workdir: Path, *, starting_head: bool = False) -> dict[str, str]:
     """What a process needs in its environment to talk to this cluster (offline, authenticated)."""
-    env = {**offline_env(), **_auth_env(cfg, workdir, create=starting_head)}
+    env = {**effective_offline_env(), **_auth_env(cfg, workdir, create=starting_head)}
     if _is_loopback_cluster(cfg):
         # our own head (or one on this machine with the same port layout): pin the dashboard, so a second
         # Ray instance on the host is never mistaken for ours (Train V2's placement-group cleaner)
@@ -336,5 +341,5 @@ def connect(cfg: RayConfig, workdir: str | Path, **init_kwargs):
     os.environ.update(env)
     _refresh_imported_ray(loopback=_is_loopback_cluster(cfg))
     runtime_env = init_kwargs.pop("runtime_env", {}) or {}
-    runtime_env.setdefault("env_vars", {}).update(offline_env())
+    runtime_env.setdefault("env_vars", {}).update(effective_offline_env())
     return ray.init(address=cfg.gcs_address, runtime_env=runtime_env, log_to_driver=True, **init_kwargs)
