@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-ALL = ["sample", "curate", "train", "tune", "serve", "eval", "demo", "ui"]
+ALL = ["sample", "curate", "train", "tune", "serve", "eval", "demo", "ui", "head", "validate"]
 
 
 def _vidrip(venv_bin, *args):

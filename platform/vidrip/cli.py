@@ -3,6 +3,7 @@
     vidrip sample --out work/sample [seed=3 ...]     build the embedded sample corpus
     vidrip demo [--config jobs/configs/demo.yaml]     the pipeline so far, on a local Ray cluster
     vidrip validate FILE [--kind test] [--media-root DIR]   check a record file, one line per bad record
+    vidrip head [workdir=work]                        a Ray head on 127.0.0.1 for `ray job submit`
     vidrip ui [--workdir work] [--port 5000]          MLflow UI on 127.0.0.1
     vidrip curate | train | tune | serve | eval       later steps of the pipeline
 
@@ -60,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="a .json list or .jsonl file of records")
     p.add_argument("--kind", choices=("instruction", "test"), default="instruction")
     p.add_argument("--media-root", help="folder the media paths are relative to (checks that they exist)")
+
+    p = sub.add_parser("head", help="keep a Ray head up on 127.0.0.1 for `ray job submit` (Ctrl-C stops it)")
+    _add_config_args(p, None)
 
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for a work directory's runs")
     p.add_argument("--workdir", default="work", help="work directory holding mlflow.db (default: work)")
@@ -119,6 +123,31 @@ def _cmd_validate(args) -> int:
     return 1 if result.errors else 0
 
 
+def _cmd_head(args) -> int:
+    import shlex
+    import signal
+
+    from vidrip.runtime import HeadConfig, LocalRayHead
+
+    cfg = load_config(HeadConfig, args.config, args.overrides)
+    if cfg.ray.address is not None:
+        raise ValueError("vidrip head starts a head; ray.address must be null")
+    head = LocalRayHead(cfg.ray, cfg.workdir).start()
+    signal.signal(signal.SIGTERM, lambda *_: head.stop())
+    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in head.submit_env().items())
+    print(f"Ray head ready on {cfg.ray.gcs_address}, dashboard {cfg.ray.dashboard_url} (Ctrl-C stops it)")
+    print(f"submit jobs with:\n  export {exports}")
+    demo = "python jobs/demo.py --config jobs/configs/demo.yaml ray.address=auto"
+    print(f"  ray job submit --working-dir . -- {demo}", flush=True)
+    try:
+        head.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        head.stop()
+    return 0
+
+
 def _cmd_ui(args) -> int:
     from vidrip.tracking import TrackingConfig, serve_ui_command
 
@@ -140,7 +169,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    handlers = {"sample": _cmd_sample, "demo": _cmd_demo, "validate": _cmd_validate, "ui": _cmd_ui}
+    handlers = {
+        "sample": _cmd_sample,
+        "demo": _cmd_demo,
+        "validate": _cmd_validate,
+        "head": _cmd_head,
+        "ui": _cmd_ui,
+    }
     try:
         return handlers[args.command](args)
     except ConfigError as exc:

@@ -39,6 +39,7 @@ from vidrip.config import StrictConfig
 from vidrip.paths import cache_dir
 
 __all__ = [
+    "HeadConfig",
     "LocalRayHead",
     "RayConfig",
     "RayPorts",
@@ -198,6 +199,13 @@ def _refresh_imported_ray(loopback: bool) -> None:
         constants.ENABLE_RAY_CLUSTER = False
 
 
+class HeadConfig(StrictConfig):
+    """``vidrip head``: a Ray head on loopback kept up for ``ray job submit`` until Ctrl-C."""
+
+    workdir: str = "work"
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+
 class LocalRayHead:
     """A Ray head on loopback that this process started and alone stops (by its PID)."""
 
@@ -325,6 +333,17 @@ class LocalRayHead:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
+
+    def submit_env(self) -> dict[str, str]:
+        """What a shell needs to ``ray job submit`` to this head."""
+        env = {"RAY_API_SERVER_ADDRESS": self.config.dashboard_url}
+        if self.config.auth == "token":
+            env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file(self.workdir)))
+        return env
+
+    def wait(self) -> int:
+        """Block until the head exits; returns its exit code."""
+        return self.proc.wait()
 
     def __enter__(self) -> LocalRayHead:
         return self.start()
