@@ -76,16 +76,20 @@ def test_placeholder_rules():
 
 
 def test_jsonl_and_test_records(media):
+    good = {"video_name": "v.mp4", "question": "Q?", "answer": "A."}
+    lines = [
+        json.dumps(good),
+        "",
+        json.dumps({**good, "question": ""}),
+        '{"video_name": "v.mp4", "question": "cut off',
+        json.dumps({**good, "question": "Q2?"}),
+    ]
     f = media / "test.jsonl"
-    f.write_text(
-        json.dumps({"video_name": "v.mp4", "question": "Q?", "answer": "A."})
-        + "\n\n"
-        + json.dumps({"video_name": "v.mp4", "question": "", "answer": "A."})
-        + "\n"
-    )
+    f.write_text("\n".join(lines) + "\n")
     result = load_records(f, TestRecord, media_root=media, on_error="skip")
-    assert len(result.records) == 1
-    assert [(e.index, e.field) for e in result.errors] == [(1, "question")]
+    assert [r.question for r in result.records] == ["Q?", "Q2?"]  # a broken line does not stop the file
+    assert [(e.index, e.field) for e in result.errors] == [(1, "question"), (2, "<json>")]
+    assert "line 4" in result.errors[1].message
 
 
 def test_not_a_list_and_bad_json(tmp_path):

@@ -141,18 +141,18 @@ class LoadResult(Generic[R]):
 
 
 def _read_items(path: Path) -> list:
+    """The file's records, in order; a JSONL line that is not JSON becomes a :class:`RecordError` in its place."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: record file not found")
     text = path.read_text()
     if path.suffix == ".jsonl":
-        items = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
+        items: list = []
+        lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        for index, (lineno, line) in enumerate(lines):
             try:
                 items.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise RecordFileError([RecordError(str(path), lineno - 1, "<json>", f"line {lineno}: {exc}")]) from None
+                items.append(RecordError(str(path), index, "<json>", f"line {lineno}: {exc}"))
         return items
     try:
         items = json.loads(text)
@@ -183,6 +183,9 @@ def load_records(
     records: list[R] = []
     errors: list[RecordError] = []
     for index, item in enumerate(_read_items(path)):
+        if isinstance(item, RecordError):
+            errors.append(item)
+            continue
         if not isinstance(item, dict):
             errors.append(RecordError(str(path), index, "<record>", f"expected an object, got {type(item).__name__}"))
             continue
