@@ -98,7 +98,7 @@ def _make_hook(log_dir: Path):
             return
         in_hook.active = True
         try:
-            if event.startswith("socket.") and pos == 1 and _socket_family(args) == socket.AF_UNIX:
+            if pos == 1 and _socket_family(args) == socket.AF_UNIX:
                 return
             target = args[pos] if len(args) > pos else None
             if is_loopback_target(target):
