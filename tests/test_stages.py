@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from vidrip.data.mixture import DataSource
 from vidrip.model.loading import ModelConfig, load_model
-from vidrip.train.stages import DataSource, LoraSpec, StageSpec, default_stage, default_stages
+from vidrip.train.stages import LoraSpec, StageSpec, default_stage, default_stages
 from vidrip.train.trainable import apply_trainable, param_groups, part_of, trainable_summary
 
 

@@ -25,9 +25,10 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from vidrip.config import StrictConfig
+from vidrip.data.mixture import DataSource
 from vidrip.data.video import FramePolicy
 
-__all__ = ["DataSource", "LoraSpec", "StageSpec", "default_stage", "default_stages"]
+__all__ = ["LoraSpec", "StageSpec", "default_stage", "default_stages"]
 
 Trainable = Literal["frozen", "full", "lora"]
 LlmTrainable = Literal["frozen", "full", "lora", "full_and_lora"]
@@ -43,28 +44,6 @@ class LoraSpec(StrictConfig):
     @property
     def effective_alpha(self) -> float:
         return self.alpha if self.alpha is not None else 2.0 * self.rank
-
-
-class DataSource(StrictConfig):
-    """One data file of a stage's mixture and how much of it to use.
-
-    ``sampling``: ``all``; ``first_pct`` (the first ``amount`` percent, in file order); ``random_n``
-    (``amount`` records drawn with the stage's seed).
-    """
-
-    file: str
-    sampling: Literal["all", "first_pct", "random_n"] = "all"
-    amount: float | None = Field(default=None, gt=0)
-
-    @model_validator(mode="after")
-    def _amount_matches(self) -> DataSource:
-        if self.sampling == "all" and self.amount is not None:
-            raise ValueError("'amount' is only for sampling 'first_pct' or 'random_n'")
-        if self.sampling != "all" and self.amount is None:
-            raise ValueError(f"sampling '{self.sampling}' needs an 'amount'")
-        if self.sampling == "first_pct" and self.amount > 100:
-            raise ValueError("'first_pct' amount is a percentage (0, 100]")
-        return self
 
 
 class StageSpec(StrictConfig):

@@ -1,0 +1,70 @@
+"""A stage's data mixture: several record files, each with a sampling rule, validated together.
+
+    records = mixture_records([DataSource(file="stage1_image_sft.json"),
+                               DataSource(file="stage2_clip_sft.json", sampling="random_n", amount=8)],
+                              data_root="work/sample", seed=0)
+
+Every file is validated with its media checked under ``data_root`` before training starts; a bad record
+fails the stage at start-up with one line per bad record (or is skipped, with ``on_error="skip"``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from vidrip.config import StrictConfig
+from vidrip.data.schema import InstructionRecord, load_records
+
+__all__ = ["DataSource", "mixture_records"]
+
+
+class DataSource(StrictConfig):
+    """One data file of a stage's mixture and how much of it to use.
+
+    ``sampling``: ``all``; ``first_pct`` (the first ``amount`` percent, in file order); ``random_n``
+    (``amount`` records drawn with the stage's seed).
+    """
+
+    file: str
+    sampling: Literal["all", "first_pct", "random_n"] = "all"
+    amount: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _amount_matches(self) -> DataSource:
+        if self.sampling == "all" and self.amount is not None:
+            raise ValueError("'amount' is only for sampling 'first_pct' or 'random_n'")
+        if self.sampling != "all" and self.amount is None:
+            raise ValueError(f"sampling '{self.sampling}' needs an 'amount'")
+        if self.sampling == "first_pct" and self.amount > 100:
+            raise ValueError("'first_pct' amount is a percentage (0, 100]")
+        return self
+
+
+def _sample(records: list[InstructionRecord], src: DataSource, rng: np.random.Generator) -> list[InstructionRecord]:
+    if src.sampling == "all":
+        return records
+    if src.sampling == "first_pct":
+        return records[: math.ceil(len(records) * src.amount / 100)]
+    n = min(len(records), int(src.amount))
+    return [records[i] for i in sorted(rng.choice(len(records), size=n, replace=False))]
+
+
+def mixture_records(
+    sources: Sequence[DataSource],
+    data_root: str | Path,
+    seed: int = 0,
+    on_error: Literal["fail", "skip"] = "fail",
+) -> list[InstructionRecord]:
+    """The records of every source, sampled as each says, in source order."""
+    rng = np.random.default_rng(seed)
+    out: list[InstructionRecord] = []
+    for src in sources:
+        loaded = load_records(Path(data_root) / src.file, InstructionRecord, media_root=data_root, on_error=on_error)
+        out.extend(_sample(loaded.records, src, rng))
+    return out
