@@ -1,0 +1,172 @@
+"""One training stage on Ray Train: Hugging Face ``Trainer`` with DeepSpeed inside each worker.
+
+The shape of Ray's own examples: :func:`train_func_per_worker` runs on every worker, and
+:func:`fit_stage` is the short driver (``ScalingConfig``, ``RunConfig``, ``TorchTrainer.fit()``).
+
+Data: a plain map-style dataset (:class:`vidrip.data.dataset.InstructionDataset`), not Ray Data.
+Training sets here are thousands of records that each name one media file; decoding happens in the
+worker's ``DataLoader`` next to the model, and Hugging Face's distributed sampler shards it by rank.
+Ray Data would add a second scheduler for no gain at this size (curation, which streams hours of
+video, is where Ray Data earns its place).
+
+Checkpoints: the Trainer saves every ``save_steps``; ``RayTrainReportCallback`` reports each one to
+Ray Train. A rerun with the same ``run_name`` and ``storage_path`` resumes from the latest reported
+checkpoint (``ray.train.get_checkpoint()``), as does a restart after a worker failure
+(``FailureConfig(max_failures)``). On CPU the workers talk over gloo in fp32; on GPU in bf16.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import Field
+
+from vidrip.config import StrictConfig
+from vidrip.model.loading import ModelConfig
+from vidrip.train.stages import StageSpec
+
+__all__ = ["StageResult", "StageRunConfig", "fit_stage", "train_func_per_worker"]
+
+
+class StageRunConfig(StrictConfig):
+    """How to run one stage: the stage spec, the model to start from, the data, and the workers."""
+
+    stage: StageSpec
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data_root: str = "work/sample"
+    output_dir: str = "work/train"
+    run_name: str
+    num_workers: int = Field(default=2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    per_device_batch_size: int = Field(default=1, ge=1)
+    max_steps: int = Field(default=-1, description="-1: the stage's epochs")
+    save_steps: int = Field(default=2, ge=1)
+    logging_steps: int = Field(default=1, ge=1)
+    deepspeed: str | None = Field(default="jobs/configs/deepspeed/zero2.json", description="None: plain DDP")
+    gradient_checkpointing: bool = False
+    max_length: int | None = Field(default=None, ge=16)
+    max_failures: int = Field(default=2, ge=0)
+    seed: int = 0
+
+    @property
+    def storage_path(self) -> Path:
+        return Path(self.output_dir).resolve() / "ray_results"
+
+
+def _gradient_accumulation(cfg: StageRunConfig) -> int:
+    per_step = cfg.per_device_batch_size * cfg.num_workers
+    return max(1, cfg.stage.global_batch_size // per_step)
+
+
+def train_func_per_worker(config: dict) -> None:
+    """Runs on each Ray Train worker: build, freeze, train, report checkpoints."""
+    import ray.train
+    import torch
+    from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
+    from transformers import Trainer, TrainingArguments
+
+    from vidrip.data.dataset import InstructionDataset
+    from vidrip.data.mixture import mixture_records
+    from vidrip.model.collate import Collator
+    from vidrip.model.loading import load_model, load_processor
+    from vidrip.train.trainable import apply_trainable, param_groups
+
+    cfg = StageRunConfig.model_validate(config["run"])
+    spec = cfg.stage
+    torch.manual_seed(cfg.seed)
+    processor = load_processor(cfg.model)
+    model = apply_trainable(load_model(cfg.model), spec)
+    model.train()
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    records = mixture_records(spec.data, cfg.data_root, seed=cfg.seed)
+    dataset = InstructionDataset(records, cfg.data_root, frames=spec.frames, size=cfg.model.spec.image_size)
+
+    ctx = ray.train.get_context()
+    work = Path(cfg.output_dir).resolve() / "hf" / f"rank{ctx.get_world_rank()}"
+    args = TrainingArguments(
+        output_dir=str(work),
+        per_device_train_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=_gradient_accumulation(cfg),
+        learning_rate=spec.lr,
+        lr_scheduler_type=spec.scheduler,
+        warmup_steps=spec.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of all steps
+        weight_decay=spec.weight_decay,
+        num_train_epochs=spec.epochs,
+        max_steps=cfg.max_steps,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        report_to=[],
+        deepspeed=config["deepspeed"],
+        bf16=cfg.use_gpu,
+        use_cpu=not cfg.use_gpu,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=True,  # SigLIP's post_layernorm takes no part in LLaVA's forward
+        seed=cfg.seed,
+        disable_tqdm=True,
+    )
+
+    class StageTrainer(Trainer):
+        def create_optimizer(self, model=None):  # the vision tower at its own learning rate
+            if self.optimizer is None:
+                self.optimizer = torch.optim.AdamW(param_groups(self.model, spec), lr=spec.lr)
+            return self.optimizer
+
+    trainer = StageTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=Collator(processor, max_length=cfg.max_length),
+        processing_class=processor,  # saved with every checkpoint: each one is a complete model folder
+        callbacks=[RayTrainReportCallback()],
+    )
+    trainer = prepare_trainer(trainer)
+    checkpoint = ray.train.get_checkpoint()  # set when resuming a run or restarting after a failure
+    if checkpoint is None:
+        trainer.train()
+    else:
+        with checkpoint.as_directory() as ckpt_dir:
+            trainer.train(resume_from_checkpoint=str(Path(ckpt_dir) / RayTrainReportCallback.CHECKPOINT_NAME))
+
+
+class StageResult(StrictConfig):
+    checkpoint: str  # Ray Train checkpoint folder; the Hugging Face model folder is its "checkpoint/"
+    metrics: dict
+    global_step: int
+
+
+def fit_stage(cfg: StageRunConfig) -> StageResult:
+    """Run one stage on the connected Ray cluster; returns its last checkpoint and metrics."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    # workers run elsewhere (another folder, another node): hand them absolute paths and the parsed config
+    cfg = cfg.model_copy(
+        update={"data_root": str(Path(cfg.data_root).resolve()), "output_dir": str(Path(cfg.output_dir).resolve())}
+    )
+    deepspeed = json.loads(Path(cfg.deepspeed).read_text()) if cfg.deepspeed else None
+    trainer = TorchTrainer(
+        train_func_per_worker,
+        train_loop_config={"run": cfg.model_dump(mode="json"), "deepspeed": deepspeed},
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=cfg.run_name,
+            storage_path=str(cfg.storage_path),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"stage {cfg.stage.index} ({cfg.run_name}) finished without a checkpoint")
+    metrics = dict(result.metrics or {})
+    return StageResult(checkpoint=result.checkpoint.path, metrics=metrics, global_step=int(metrics["step"]))
