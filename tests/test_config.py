@@ -5,11 +5,13 @@ import pytest
 from vidrip.config import ConfigError, StrictConfig, apply_overrides, load_config
 from vidrip.data.sample.build import SampleConfig
 from vidrip.demo import DemoConfig
+from vidrip.train.chain import TrainConfig
 
 # Every YAML in the repository, with the schema it is for. A new YAML must be added here.
 SCHEMAS = {
     "jobs/configs/sample.yaml": SampleConfig,
     "jobs/configs/demo.yaml": DemoConfig,
+    "jobs/configs/train_tiny.yaml": TrainConfig,
 }
 YAML_FOLDERS = ("jobs", "serve_apps", "tune_configs", "cluster")
 

@@ -3,6 +3,7 @@
     vidrip sample --out work/sample [seed=3 ...]     build the embedded sample corpus
     vidrip demo [--config jobs/configs/demo.yaml]     the pipeline so far, on a local Ray cluster
     vidrip validate FILE [--kind test] [--media-root DIR]   check a record file, one line per bad record
+    vidrip train [--stages 0-3]                       training stages on Ray Train + DeepSpeed
     vidrip head [workdir=work]                        a Ray head on 127.0.0.1 for `ray job submit`
     vidrip ui [--workdir work] [--port 5000]          MLflow UI on 127.0.0.1
     vidrip curate | train | tune | serve | eval       later steps of the pipeline
@@ -26,7 +27,6 @@ __all__ = ["main"]
 
 PLANNED = {
     "curate": "curate raw teaching videos into clips and instruction JSON (Ray Data)",
-    "train": "run training stages 0-3 (Ray Train + DeepSpeed)",
     "tune": "sweep LoRA rank x learning rate on stage 3 (Ray Tune)",
     "serve": "serve an OpenAI-compatible endpoint that takes videos (Ray Serve)",
     "eval": "score models with the Video-ChatGPT judge metrics",
@@ -61,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="a .json list or .jsonl file of records")
     p.add_argument("--kind", choices=("instruction", "test"), default="instruction")
     p.add_argument("--media-root", help="folder the media paths are relative to (checks that they exist)")
+
+    p = sub.add_parser("train", help="train stages 0-3 on Ray Train + DeepSpeed, each from the previous one")
+    _add_config_args(p, "jobs/configs/train_tiny.yaml")
+    p.add_argument("--stages", help="which stages, e.g. 0-3 or 0,1 (overrides the config's 'stages')")
 
     p = sub.add_parser("head", help="keep a Ray head up on 127.0.0.1 for `ray job submit` (Ctrl-C stops it)")
     _add_config_args(p, None)
@@ -123,6 +127,30 @@ def _cmd_validate(args) -> int:
     return 1 if result.errors else 0
 
 
+def _stage_list(text: str) -> list[int]:
+    if "-" in text:
+        first, last = text.split("-", 1)
+        return list(range(int(first), int(last) + 1))
+    return [int(x) for x in text.split(",")]
+
+
+def _cmd_train(args) -> int:
+    from vidrip.runtime import ray_session
+    from vidrip.train.chain import TrainConfig, run_stages
+
+    overrides = list(args.overrides)
+    if args.stages:
+        overrides.append(f"stages={_stage_list(args.stages)}")
+    cfg = load_config(TrainConfig, args.config, overrides)
+    with ray_session(cfg.ray, Path(cfg.workdir).resolve()):
+        outcomes = run_stages(cfg)
+    print("\nstage  steps  final loss  seconds  checkpoint")
+    for o in outcomes:
+        print(f"{o.stage:5d}  {o.global_step:5d}  {o.final_loss:10.4f}  {o.seconds:7.0f}  {o.checkpoint}")
+    print(f"MLflow: experiment vidrip-train; browse with: vidrip ui --workdir {cfg.workdir}")
+    return 0
+
+
 def _cmd_head(args) -> int:
     import shlex
     import signal
@@ -174,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         "demo": _cmd_demo,
         "validate": _cmd_validate,
         "head": _cmd_head,
+        "train": _cmd_train,
         "ui": _cmd_ui,
     }
     try:

@@ -68,14 +68,20 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str], source: str)
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
+            part = _existing_key(node, part)
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
             elif not isinstance(child, dict):
                 raise ConfigError(f"{source}: override {item!r}: '{part}' is not a section")
             node = child
-        node[parts[-1]] = value
+        node[_existing_key(node, parts[-1])] = value
     return out
+
+
+def _existing_key(node: dict, part: str):
+    """The key of ``node`` that ``part`` names: YAML reads ``3:`` as the int 3, a dotted override as "3"."""
+    return next((k for k in node if str(k) == part), part)
 
 
 def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from vidrip.data.sample.build import DATASET_FILES, SampleConfig, build_sample
 from vidrip.data.schema import TestRecord, load_records
 from vidrip.data.video import FramePolicy
 from vidrip.model.loading import ModelConfig
-from vidrip.runtime import LocalRayHead, RayConfig, connect
+from vidrip.runtime import RayConfig, ray_session
 from vidrip.tracking import TrackingConfig, job_run, resolve_tracking_uri
 
 __all__ = ["DemoConfig", "answer_on_ray", "ensure_sample", "run_demo"]
@@ -92,8 +92,6 @@ def answer_on_ray(cfg: DemoConfig, video: Path, question: str) -> dict:
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the demo; returns a summary (paths, run id, answer)."""
-    import ray
-
     workdir = Path(cfg.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     sample_dir = ensure_sample(cfg.sample)
@@ -102,41 +100,29 @@ def run_demo(cfg: DemoConfig) -> dict:
         raise ValueError(f"question_index={cfg.question_index}: the sample has {len(tests)} test questions")
     item = tests[cfg.question_index]
 
-    head = LocalRayHead(cfg.ray, workdir) if cfg.ray.address is None else None
-    if head is not None:
-        head.start()
-    try:
-        connect(cfg.ray, workdir)
-        with job_run("demo", cfg, tracking=cfg.tracking, workdir=workdir, dataset=sample_dir) as run:
-            import mlflow
+    with (
+        ray_session(cfg.ray, workdir),
+        job_run("demo", cfg, tracking=cfg.tracking, workdir=workdir, dataset=sample_dir) as run,
+    ):
+        import mlflow
 
-            result = answer_on_ray(cfg, sample_dir / item.video_name, item.question)
-            record = {
-                "video": item.video_name,
-                "question": item.question,
-                "reference_answer": item.answer,
-                "model": cfg.model.preset,
-                "note": "tiny preset with random weights: the answer is noise until the model is trained",
-                **result,
-            }
-            mlflow.log_dict(record, "answer.json")
-            mlflow.log_metrics(
-                {
-                    k: float(result[k])
-                    for k in ("prompt_tokens", "completion_tokens", "frames", "load_seconds", "generate_seconds")
-                }
-            )
-            run_id = run.info.run_id
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        if head is not None:
-            head.stop()
+        result = answer_on_ray(cfg, sample_dir / item.video_name, item.question)
+        record = {
+            "video": item.video_name,
+            "question": item.question,
+            "reference_answer": item.answer,
+            "model": cfg.model.preset,
+            "note": "tiny preset with random weights: the answer is noise until the model is trained",
+            **result,
+        }
+        mlflow.log_dict(record, "answer.json")
+        keys = ("prompt_tokens", "completion_tokens", "frames", "load_seconds", "generate_seconds")
+        mlflow.log_metrics({k: float(result[k]) for k in keys})
     (workdir / "demo_answer.json").write_text(json.dumps(record, indent=1))
     return {
         "sample_dir": str(sample_dir),
         "tracking_uri": resolve_tracking_uri(cfg.tracking, workdir),
-        "run_id": run_id,
+        "run_id": run.info.run_id,
         "answer_file": str(workdir / "demo_answer.json"),
         **record,
     }

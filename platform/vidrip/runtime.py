@@ -18,6 +18,7 @@ writes a minimal one (``provider: {type: local}``) where none exists.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -29,6 +30,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -48,6 +50,7 @@ __all__ = [
     "effective_offline_env",
     "ensure_ray_bootstrap_config",
     "offline_env",
+    "ray_session",
 ]
 
 log = logging.getLogger(__name__)
@@ -362,3 +365,20 @@ def connect(cfg: RayConfig, workdir: str | Path, **init_kwargs):
     runtime_env = init_kwargs.pop("runtime_env", {}) or {}
     runtime_env.setdefault("env_vars", {}).update(effective_offline_env())
     return ray.init(address=cfg.gcs_address, runtime_env=runtime_env, log_to_driver=True, **init_kwargs)
+
+
+@contextlib.contextmanager
+def ray_session(cfg: RayConfig, workdir: str | Path) -> Iterator[LocalRayHead | None]:
+    """Connected to ``cfg``'s cluster for the block: a local head is started (and stopped) when
+    ``cfg.address`` is None; the head is yielded, or None for a cluster we only joined."""
+    import ray
+
+    head = LocalRayHead(cfg, workdir).start() if cfg.address is None else None
+    try:
+        connect(cfg, workdir)
+        yield head
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        if head is not None:
+            head.stop()

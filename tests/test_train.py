@@ -1,0 +1,71 @@
+"""Training for real: stages chained through MLflow on Ray Train (2 CPU workers, DeepSpeed ZeRO-2 over gloo)."""
+
+import mlflow
+import pytest
+import torch
+
+from vidrip.config import ConfigError, load_config
+from vidrip.model.loading import ModelConfig, load_model, load_processor
+from vidrip.train.chain import CHECKPOINT_TAG, STAGE_TAG, TrainConfig, find_stage_run, run_stages
+
+
+def test_stage_overrides_merge_onto_the_papers_defaults(repo):
+    cfg = load_config(TrainConfig, repo / "jobs/configs/train_tiny.yaml", ["stage_overrides.3.lora.dropout=0.1"])
+    spec = cfg.spec(3)
+    assert (spec.lora.rank, spec.lora.dropout, spec.global_batch_size, spec.lr) == (8, 0.1, 4, 1e-5)
+    assert cfg.spec(2).vision_lr == 2e-6  # untouched defaults stay
+
+
+def test_bad_stage_override_names_the_key(repo):
+    with pytest.raises(ConfigError, match=r"stage_overrides\.1: 'lrr': Extra inputs are not permitted"):
+        load_config(TrainConfig, repo / "jobs/configs/train_tiny.yaml", ["stage_overrides.1.lrr=1e-5"])
+    with pytest.raises(ConfigError, match="no stage 7"):
+        load_config(TrainConfig, repo / "jobs/configs/train_tiny.yaml", ["stages=[0,7]"])
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.integration
+def test_stages_0_and_1_chain_through_mlflow(ray_client, sample_dir, tmp_path, tracking, repo):
+    cfg = load_config(
+        TrainConfig,
+        repo / "jobs/configs/train_tiny.yaml",
+        [f"workdir={tmp_path}", f"data_root={sample_dir}", "stages=[0,1]", "max_steps=2", "save_steps=1"],
+    )
+    cfg = cfg.model_copy(
+        update={
+            "tracking": tracking,
+            "deepspeed": {k: str(repo / v) for k, v in cfg.deepspeed.items()},
+        }
+    )
+    s0, s1 = run_stages(cfg)
+    assert (s0.global_step, s1.global_step) == (2, 2)
+    assert s0.init_run_id is None and s1.init_run_id == s0.run_id
+
+    start = _state(load_model(ModelConfig(preset="tiny")))
+    after0 = _state(load_model(ModelConfig(checkpoint=s0.checkpoint)))
+    after1 = _state(load_model(ModelConfig(checkpoint=s1.checkpoint)))
+    moved0 = {k for k in start if not torch.equal(start[k], after0[k])}
+    assert moved0 and all("multi_modal_projector" in k or k.endswith("image_newline") for k in moved0)
+    moved1 = {k for k in start if not torch.equal(after0[k], after1[k])}
+    assert any("language_model" in k for k in moved1) and any("vision_tower" in k for k in moved1)
+    assert load_processor(ModelConfig(checkpoint=s1.checkpoint)).tokenizer.eos_token == "<|im_end|>"
+
+    client = mlflow.MlflowClient()
+    runs = {o.stage: client.get_run(o.run_id) for o in (s0, s1)}
+    parent = runs[0].data.tags["mlflow.parentRunId"]
+    assert runs[1].data.tags["mlflow.parentRunId"] == parent
+    assert client.get_run(parent).info.status == "FINISHED"
+    assert runs[1].data.tags["vidrip.init_from_run"] == s0.run_id
+    assert runs[0].data.tags[STAGE_TAG] == "0" and runs[0].data.tags[CHECKPOINT_TAG] == s0.checkpoint
+    assert [m.step for m in client.get_metric_history(s1.run_id, "loss")] == [1, 2]
+    assert runs[1].data.params["stage.lr"] == "1e-05"
+    assert find_stage_run(1, parent).info.run_id == s1.run_id
+
+
+def test_a_stage_without_its_predecessor_is_refused(tmp_path, tracking, sample_dir):
+    cfg = TrainConfig(workdir=str(tmp_path), data_root=str(sample_dir), stages=[2], tracking=tracking)
+    with pytest.raises(RuntimeError, match="no FINISHED run of stage 1"):
+        run_stages(cfg)
