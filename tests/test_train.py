@@ -1,4 +1,6 @@
-"""Training for real: stages chained through MLflow on Ray Train (2 CPU workers, DeepSpeed ZeRO-2 over gloo)."""
+"""Training for real: stages chained through MLflow on Ray Train (2 CPU workers, DeepSpeed over gloo)."""
+
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -69,3 +71,42 @@ def test_a_stage_without_its_predecessor_is_refused(tmp_path, tracking, sample_d
     cfg = TrainConfig(workdir=str(tmp_path), data_root=str(sample_dir), stages=[2], tracking=tracking)
     with pytest.raises(RuntimeError, match="no FINISHED run of stage 1"):
         run_stages(cfg)
+
+
+@pytest.mark.integration
+def test_stage3_lora_under_zero3_keeps_llm_base_weights_and_saves_full_parts(ray_client, sample_dir, tmp_path, repo):
+    """Stage 3 from a stage-2-like checkpoint: ZeRO-3, LoRA on the LLM, vision tower and projector in full."""
+    from vidrip.model.loading import save_model
+    from vidrip.train.loop import NON_LORA_FILE, StageRunConfig, fit_stage
+    from vidrip.train.stages import LoraSpec, default_stage
+
+    init = ModelConfig(preset="tiny", seed=5)
+    save_model(load_model(init), load_processor(init), tmp_path / "stage2")
+    spec = default_stage(3).model_copy(
+        update={"global_batch_size": 2, "lr": 5e-3, "vision_lr": 5e-3, "lora": LoraSpec(rank=4)}
+    )
+    result = fit_stage(
+        StageRunConfig(
+            stage=spec,
+            model=ModelConfig(checkpoint=str(tmp_path / "stage2")),
+            data_root=str(sample_dir),
+            output_dir=str(tmp_path / "out"),
+            run_name="stage3-test",
+            max_steps=3,
+            save_steps=3,
+            deepspeed=str(repo / "jobs/configs/deepspeed/zero3.json"),
+        )
+    )
+    hf_dir = Path(result.checkpoint) / "checkpoint"
+    assert result.global_step == 3
+    assert (hf_dir / "adapter_config.json").is_file() and (hf_dir / NON_LORA_FILE).is_file()
+
+    trained = load_model(ModelConfig(checkpoint=str(hf_dir)))
+    before = _state(load_model(ModelConfig(checkpoint=str(tmp_path / "stage2"))))
+    base = {k.removeprefix("base_model.model."): v for k, v in trained.state_dict().items() if ".lora_" not in k}
+    base = {k.replace(".base_layer.", "."): v for k, v in base.items()}
+    moved = {k for k in before if not torch.equal(before[k], base[k])}
+    assert any("vision_tower" in k for k in moved) and any("multi_modal_projector" in k for k in moved)
+    assert not [k for k in moved if "language_model" in k or k.startswith("lm_head")]  # LoRA means LoRA
+    lora_b = [v for k, v in trained.state_dict().items() if ".lora_B." in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # the adapter learned something

@@ -3,7 +3,8 @@
 Three ways, in this order of precedence:
 
 1. ``checkpoint``: a full LLaVA-OneVision checkpoint (a Hugging Face hub id, or a local folder such as
-   a previous stage's output) — ``from_pretrained``.
+   a previous stage's output) — ``from_pretrained``; or a LoRA stage's folder (``adapter_config.json``
+   + ``non_lora_trainables.safetensors``), loaded onto its recorded base model as a ``PeftModel``.
 2. ``vision_tower`` and/or ``llm``: start a fresh model from component checkpoints, as stage 0 does
    (SigLIP-so400m + Qwen2-7B for ``ov-7b``); the projector starts random.
 3. neither: the preset's config with random weights (seeded).
@@ -68,6 +69,8 @@ def load_model(cfg: ModelConfig):
     )
 
     dtype = _torch_dtype(cfg.dtype)
+    if cfg.checkpoint is not None and (Path(cfg.checkpoint) / "adapter_config.json").is_file():
+        return _load_adapter_checkpoint(cfg)
     if cfg.checkpoint is not None:
         model = LlavaOnevisionForConditionalGeneration.from_pretrained(
             cfg.checkpoint,
@@ -95,6 +98,27 @@ def load_model(cfg: ModelConfig):
         model.model.language_model.load_state_dict(llm.model.state_dict())
         model.lm_head.load_state_dict(llm.lm_head.state_dict())
     return model.to(dtype).eval()
+
+
+def _load_adapter_checkpoint(cfg: ModelConfig):
+    """A LoRA stage's checkpoint: its base model (recorded in ``adapter_config.json``), the parts trained
+    in full (``non_lora_trainables.safetensors``), then the adapter on top — a ``PeftModel``."""
+    import json
+
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    ckpt = Path(cfg.checkpoint)
+    base_ref = json.loads((ckpt / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base = load_model(cfg.model_copy(update={"checkpoint": base_ref}))
+    full = ckpt / "non_lora_trainables.safetensors"
+    if full.is_file():
+        trained = load_file(str(full))
+        unknown = set(trained) - set(base.state_dict())
+        if unknown:
+            raise ValueError(f"{full}: weights not in the base model {base_ref}: {sorted(unknown)[:5]}")
+        base.load_state_dict(trained, strict=False)
+    return PeftModel.from_pretrained(base, str(ckpt)).to(_torch_dtype(cfg.dtype)).eval()
 
 
 def load_processor(cfg: ModelConfig):

@@ -26,7 +26,7 @@ from vidrip.config import StrictConfig
 from vidrip.model.loading import ModelConfig
 from vidrip.train.stages import StageSpec
 
-__all__ = ["StageResult", "StageRunConfig", "fit_stage", "train_func_per_worker"]
+__all__ = ["NON_LORA_FILE", "StageResult", "StageRunConfig", "fit_stage", "train_func_per_worker"]
 
 
 class StageRunConfig(StrictConfig):
@@ -53,6 +53,41 @@ class StageRunConfig(StrictConfig):
     @property
     def storage_path(self) -> Path:
         return Path(self.output_dir).resolve() / "ray_results"
+
+
+NON_LORA_FILE = "non_lora_trainables.safetensors"
+
+
+def _non_lora_trainables_callback():
+    from transformers import TrainerCallback
+
+    class SaveNonLoraTrainables(TrainerCallback):
+        """With LoRA, PEFT saves only the adapter; the parts trained in full (vision tower, projector) go
+        beside it in ``non_lora_trainables.safetensors`` (LLaVA-NeXT's layout), gathered under ZeRO-3."""
+
+        def on_save(self, args, state, control, model=None, **kwargs):
+            import contextlib
+
+            from peft import PeftModel
+            from safetensors.torch import save_file
+
+            if not isinstance(model, PeftModel):
+                return
+            named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and ".lora_" not in n]
+            params = [p for _, p in named]
+            gather = contextlib.nullcontext()
+            if any(hasattr(p, "ds_id") for p in params):  # ZeRO-3 partitions parameters across ranks
+                import deepspeed
+
+                gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+            with gather:
+                tensors = {n.removeprefix("base_model.model."): p.detach().cpu().clone() for n, p in named}
+            if state.is_world_process_zero:
+                out = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                out.mkdir(parents=True, exist_ok=True)
+                save_file(tensors, str(out / NON_LORA_FILE))
+
+    return SaveNonLoraTrainables()
 
 
 def _gradient_accumulation(cfg: StageRunConfig) -> int:
@@ -124,7 +159,7 @@ def train_func_per_worker(config: dict) -> None:
         train_dataset=dataset,
         data_collator=Collator(processor, max_length=cfg.max_length),
         processing_class=processor,  # saved with every checkpoint: each one is a complete model folder
-        callbacks=[RayTrainReportCallback()],
+        callbacks=[_non_lora_trainables_callback(), RayTrainReportCallback()],  # in this order: save, then report
     )
     trainer = prepare_trainer(trainer)
     checkpoint = ray.train.get_checkpoint()  # set when resuming a run or restarting after a failure
