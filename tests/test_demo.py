@@ -18,6 +18,7 @@ def test_demo_records_a_finished_run_with_the_answer(ray_head, tmp_path, trackin
         sample={"out": str(sample_dir), **SMALL_SAMPLE},
         ray=RayConfig(address=ray_head.config.gcs_address, ports=ray_head.config.ports),
         tracking=tracking,
+        train_config=None,  # training has its own tests (tests/test_train.py); `make demo` trains
         max_new_tokens=4,
     )
     # the demo connects with the head's own token

@@ -1,8 +1,10 @@
 """Training for real: stages chained through MLflow on Ray Train (2 CPU workers, DeepSpeed over gloo)."""
 
+import subprocess
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 
@@ -74,7 +76,7 @@ def test_a_stage_without_its_predecessor_is_refused(tmp_path, tracking, sample_d
 
 
 @pytest.mark.integration
-def test_stage3_lora_under_zero3_keeps_llm_base_weights_and_saves_full_parts(ray_client, sample_dir, tmp_path, repo):
+def test_stage3_lora_under_zero3_then_merge(ray_client, sample_dir, tmp_path, repo, venv_bin, subprocess_env):
     """Stage 3 from a stage-2-like checkpoint: ZeRO-3, LoRA on the LLM, vision tower and projector in full."""
     from vidrip.model.loading import save_model
     from vidrip.train.loop import NON_LORA_FILE, StageRunConfig, fit_stage
@@ -110,3 +112,23 @@ def test_stage3_lora_under_zero3_keeps_llm_base_weights_and_saves_full_parts(ray
     assert not [k for k in moved if "language_model" in k or k.startswith("lm_head")]  # LoRA means LoRA
     lora_b = [v for k, v in trained.state_dict().items() if ".lora_B." in k]
     assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # the adapter learned something
+
+    # merge: a standalone checkpoint whose outputs match the adapter model's
+    out = subprocess.run(
+        [venv_bin / "vidrip", "merge", "--checkpoint", str(hf_dir), "--out", str(tmp_path / "merged")],
+        capture_output=True,
+        text=True,
+        env=subprocess_env,
+    )
+    assert out.returncode == 0, out.stderr
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    merged = load_model(ModelConfig(checkpoint=str(tmp_path / "merged")))
+    processor = load_processor(ModelConfig(checkpoint=str(tmp_path / "merged")))
+    frames = np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3), dtype=np.uint8)
+    inputs = processor(
+        text="<|im_start|>user\n<video>\nWhat is shown?<|im_end|>\n", videos=[frames], return_tensors="pt"
+    )
+    with torch.no_grad():
+        a, b = trained(**inputs).logits, merged(**inputs).logits
+    assert not torch.equal(a, load_model(ModelConfig(checkpoint=str(tmp_path / "stage2")))(**inputs).logits)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -4,6 +4,7 @@
     vidrip demo [--config jobs/configs/demo.yaml]     the pipeline so far, on a local Ray cluster
     vidrip validate FILE [--kind test] [--media-root DIR]   check a record file, one line per bad record
     vidrip train [--stages 0-3]                       training stages on Ray Train + DeepSpeed
+    vidrip merge --checkpoint DIR --out DIR          fold a stage-3 LoRA adapter into the model
     vidrip head [workdir=work]                        a Ray head on 127.0.0.1 for `ray job submit`
     vidrip ui [--workdir work] [--port 5000]          MLflow UI on 127.0.0.1
     vidrip curate | train | tune | serve | eval       later steps of the pipeline
@@ -54,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (overrides the config's 'out')")
     p.add_argument("--seed", type=int, help="random seed (overrides the config's 'seed')")
 
-    p = sub.add_parser("demo", help="build the sample and answer a question about a sample video on Ray")
+    p = sub.add_parser("demo", help="the pipeline so far on the embedded sample: build it, train, answer, track")
     _add_config_args(p, None)
 
     p = sub.add_parser("validate", help="validate an instruction or test record file")
@@ -65,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train stages 0-3 on Ray Train + DeepSpeed, each from the previous one")
     _add_config_args(p, "jobs/configs/train_tiny.yaml")
     p.add_argument("--stages", help="which stages, e.g. 0-3 or 0,1 (overrides the config's 'stages')")
+
+    p = sub.add_parser("merge", help="fold a stage-3 LoRA adapter into a standalone Hugging Face checkpoint")
+    p.add_argument("--checkpoint", required=True, help="the LoRA stage's checkpoint folder (adapter_config.json)")
+    p.add_argument("--out", required=True, help="folder for the merged model")
 
     p = sub.add_parser("head", help="keep a Ray head up on 127.0.0.1 for `ray job submit` (Ctrl-C stops it)")
     _add_config_args(p, None)
@@ -107,6 +112,10 @@ def _cmd_demo(args) -> int:
     policy = f"{cfg.frames.fps:g} fps, max {cfg.frames.max_frames}"
     print(f"video           {out['video']} ({out['frames']} frames at {policy})")
     print(f"question        {out['question']}")
+    for st in out["stages"]:
+        trained = f"{st['global_step']} steps, final loss {st['final_loss']:.3f}, {st['seconds']:.0f} s"
+        print(f"stage {st['stage']}         {trained}")
+    print(f"model           {out['model']}")
     print(f"model answer    {out['answer']!r}")
     print(f"                ({out['note']})")
     print(f"reference       {out['reference_answer']}")
@@ -148,6 +157,14 @@ def _cmd_train(args) -> int:
     for o in outcomes:
         print(f"{o.stage:5d}  {o.global_step:5d}  {o.final_loss:10.4f}  {o.seconds:7.0f}  {o.checkpoint}")
     print(f"MLflow: experiment vidrip-train; browse with: vidrip ui --workdir {cfg.workdir}")
+    return 0
+
+
+def _cmd_merge(args) -> int:
+    from vidrip.train.merge import merge_adapter
+
+    out = merge_adapter(args.checkpoint, args.out)
+    print(f"merged model written to {out}")
     return 0
 
 
@@ -203,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         "validate": _cmd_validate,
         "head": _cmd_head,
         "train": _cmd_train,
+        "merge": _cmd_merge,
         "ui": _cmd_ui,
     }
     try:
