@@ -61,6 +61,15 @@ def test_nested_run_points_at_its_parent(tracking, tmp_path):
     assert tags["mlflow.parentRunId"] == tags["vidrip.parent_run_id"] == parent.info.run_id
 
 
+def test_a_job_inside_another_jobs_run_is_its_child(tracking, tmp_path):
+    with job_run("outer", SampleConfig(), tracking=tracking, workdir=tmp_path) as outer:
+        with job_run("inner", SampleConfig(), tracking=tracking, workdir=tmp_path) as inner:
+            pass
+        assert mlflow.active_run().info.run_id == outer.info.run_id
+    assert _run(inner.info.run_id).data.tags["mlflow.parentRunId"] == outer.info.run_id
+    assert _run(outer.info.run_id).info.status == "FINISHED"
+
+
 def test_store_resolution_order(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert resolve_tracking_uri(TrackingConfig(), tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"

@@ -111,11 +111,16 @@ def job_run(
     parent_run_id: str | None = None,
     run_name: str | None = None,
 ) -> Iterator:
-    """An MLflow run for one job, ended FINISHED, FAILED or KILLED, with lineage tags and the config."""
+    """An MLflow run for one job, ended FINISHED, FAILED or KILLED, with lineage tags and the config.
+
+    Nested under ``parent_run_id``, or under the run active in this process if there is one."""
     import mlflow
 
     workdir = Path(workdir).resolve()
     mlflow.set_tracking_uri(resolve_tracking_uri(tracking, workdir))
+    active = mlflow.active_run()
+    if parent_run_id is None and active is not None:
+        parent_run_id = active.info.run_id  # a job started inside another job's run is its child
     experiment_id = _ensure_experiment(f"{tracking.experiment_prefix}-{job}", workdir)
     cfg_dict = config.model_dump(mode="json")
     cfg_json = json.dumps(cfg_dict, sort_keys=True)
