@@ -67,6 +67,8 @@ def test_stages_0_and_1_chain_through_mlflow(ray_client, sample_dir, tmp_path, t
     assert [m.step for m in client.get_metric_history(s1.run_id, "loss")] == [1, 2]
     assert runs[1].data.params["stage.lr"] == "1e-05"
     assert find_stage_run(1, parent).info.run_id == s1.run_id
+    versions = client.search_model_versions("name = 'vidrip-video'")
+    assert [(v.run_id, v.source, v.tags[STAGE_TAG]) for v in versions] == [(s1.run_id, s1.checkpoint, "1")]
 
 
 def test_a_stage_without_its_predecessor_is_refused(tmp_path, tracking, sample_dir):

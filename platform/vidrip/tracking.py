@@ -30,7 +30,15 @@ from vidrip.config import StrictConfig
 from vidrip.data.fingerprint import fingerprint_tree
 from vidrip.paths import repo_root
 
-__all__ = ["TrackingConfig", "flatten", "git_commit", "job_run", "resolve_tracking_uri", "serve_ui_command"]
+__all__ = [
+    "TrackingConfig",
+    "flatten",
+    "git_commit",
+    "job_run",
+    "register_checkpoint",
+    "resolve_tracking_uri",
+    "serve_ui_command",
+]
 
 TAG_PREFIX = "vidrip."
 
@@ -169,3 +177,21 @@ def serve_ui_command(tracking: TrackingConfig, workdir: str | Path, port: int = 
         "--workers",
         "1",
     ]
+
+
+def register_checkpoint(name: str, source: str | Path, run_id: str, tags: dict[str, str] | None = None):
+    """Register the model folder ``source`` (produced by ``run_id``) as a new version of ``name``.
+
+    The registry stores a pointer, not a copy: a 7B checkpoint is not uploaded twice. Resolve it later
+    with ``MlflowClient().get_model_version_by_alias(name, alias).source``.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(
+            name, description="vidrip video-language model. Research use only, not for clinical decisions."
+        )
+    return client.create_model_version(name, source=str(Path(source).resolve()), run_id=run_id, tags=tags or {})

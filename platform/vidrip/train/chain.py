@@ -9,7 +9,8 @@ One parent MLflow run per invocation, one nested run per stage. A stage's ``init
 never a path: the checkpoint is the ``vidrip.checkpoint`` tag of the newest FINISHED run of that stage
 (under this parent run when it trained there, else anywhere in the ``vidrip-train`` experiment). Each
 stage run records every config value as a param, the per-step loss, learning rate and grad norm from
-the Trainer's log history, and tags: stage, checkpoint, init run, dataset fingerprint.
+the Trainer's log history, and tags: stage, checkpoint, init run, dataset fingerprint. The last stage's
+model becomes a new version of the registered model ``vidrip-video``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pydantic import Field, ValidationError, model_validator
 from vidrip.config import StrictConfig
 from vidrip.model.loading import ModelConfig
 from vidrip.runtime import RayConfig
-from vidrip.tracking import TrackingConfig, job_run
+from vidrip.tracking import TrackingConfig, job_run, register_checkpoint
 from vidrip.train.loop import StageRunConfig, fit_stage
 from vidrip.train.stages import StageSpec, default_stages
 
@@ -57,6 +58,7 @@ class TrainConfig(StrictConfig):
         description="DeepSpeed config for stages without and with LoRA (None: plain DDP)",
     )
     run_prefix: str = "vidrip"
+    registered_model: str = Field(default="vidrip-video", description="the last stage's model is a new version")
     ray: RayConfig = Field(default_factory=RayConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
@@ -184,10 +186,11 @@ def run_stages(cfg: TrainConfig) -> list[StageOutcome]:
                 )
             )
             log.info(
-                "stage %d done: %d steps, loss %.4f, %.0f s",
-                index,
-                result.global_step,
-                outcomes[-1].final_loss,
-                seconds,
+                "stage %d: %d steps, loss %.4f, %.0f s", index, result.global_step, outcomes[-1].final_loss, seconds
             )
+            if index == cfg.stages[-1]:
+                version = register_checkpoint(
+                    cfg.registered_model, hf_dir, run.info.run_id, tags={STAGE_TAG: str(index)}
+                )
+                log.info("registered %s version %s (stage %d)", cfg.registered_model, version.version, index)
     return outcomes
