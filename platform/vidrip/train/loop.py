@@ -120,6 +120,8 @@ def train_func_per_worker(config: dict) -> None:
     records = mixture_records(spec.data, cfg.data_root, seed=cfg.seed)
     dataset = InstructionDataset(records, cfg.data_root, frames=spec.frames, size=cfg.model.spec.image_size)
 
+    # each rank saves into its own folder (ranks may share a disk); every rank reports its files, and Ray
+    # Train gathers them into one checkpoint (model, processor, and each rank's ZeRO optimizer shard)
     ctx = ray.train.get_context()
     work = Path(cfg.output_dir).resolve() / "hf" / f"rank{ctx.get_world_rank()}"
     args = TrainingArguments(
