@@ -96,11 +96,11 @@ class StageOutcome(StrictConfig):
     seconds: float
 
 
-def find_stage_run(stage: int, parent_run_id: str | None = None):
+def find_stage_run(stage: int, parent_run_id: str | None = None, experiment: str = "vidrip-train"):
     """The newest FINISHED run of ``stage`` that has a checkpoint (under ``parent_run_id`` if it has one)."""
     import mlflow
 
-    exp = mlflow.get_experiment_by_name("vidrip-train")
+    exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         return None
     base = f"tags.`{STAGE_TAG}` = '{stage}' and attributes.status = 'FINISHED'"
@@ -131,7 +131,7 @@ def run_stages(cfg: TrainConfig) -> list[StageOutcome]:
             model = cfg.model
             init_run_id = None
             if spec.init_from != "base":
-                init = find_stage_run(spec.init_from, parent.info.run_id)
+                init = find_stage_run(spec.init_from, parent.info.run_id, f"{cfg.tracking.experiment_prefix}-train")
                 if init is None:
                     raise RuntimeError(
                         f"stage {index} starts from stage {spec.init_from}, but MLflow has no FINISHED run of "
