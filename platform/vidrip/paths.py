@@ -9,9 +9,10 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-__all__ = ["cache_dir", "default_workdir", "repo_root"]
+__all__ = ["cache_dir", "console_script", "default_workdir", "repo_root"]
 
 
 def cache_dir() -> Path:
@@ -23,6 +24,12 @@ def cache_dir() -> Path:
 
 def default_workdir() -> Path:
     return Path(os.environ.get("VIDRIP_WORKDIR", "work")).resolve()
+
+
+def console_script(name: str) -> str:
+    """A command installed beside this interpreter (``.venv/bin/ray``), else ``name`` as found on PATH."""
+    path = Path(sys.executable).with_name(name)
+    return str(path) if path.exists() else name
 
 
 def repo_root() -> Path | None:

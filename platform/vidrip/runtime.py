@@ -38,7 +38,7 @@ from pydantic import Field
 
 from vidrip import netguard
 from vidrip.config import StrictConfig
-from vidrip.paths import cache_dir
+from vidrip.paths import cache_dir, console_script
 
 __all__ = [
     "HeadConfig",
@@ -238,9 +238,8 @@ class LocalRayHead:
 
     def command(self) -> list[str]:
         cfg, p = self.config, self.config.ports
-        ray_bin = Path(sys.executable).with_name("ray")
         cmd = [
-            str(ray_bin) if ray_bin.exists() else "ray",
+            console_script("ray"),
             "start",
             "--head",
             "--block",

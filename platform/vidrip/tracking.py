@@ -28,7 +28,7 @@ from pydantic import BaseModel
 
 from vidrip.config import StrictConfig
 from vidrip.data.fingerprint import fingerprint_tree
-from vidrip.paths import repo_root
+from vidrip.paths import console_script, repo_root
 
 __all__ = [
     "TrackingConfig",
@@ -162,9 +162,8 @@ def job_run(
 
 def serve_ui_command(tracking: TrackingConfig, workdir: str | Path, port: int = 5000) -> list[str]:
     """``mlflow server`` on 127.0.0.1 against this work directory's store."""
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
     return [
-        str(mlflow_bin) if mlflow_bin.exists() else "mlflow",
+        console_script("mlflow"),
         "server",
         "--backend-store-uri",
         resolve_tracking_uri(tracking, workdir),
