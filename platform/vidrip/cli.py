@@ -16,6 +16,7 @@ Research use only, not for clinical decisions.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import subprocess
 import sys
@@ -156,7 +157,7 @@ def _cmd_train(args) -> int:
     print("\nstage  steps  final loss  seconds  checkpoint")
     for o in outcomes:
         print(f"{o.stage:5d}  {o.global_step:5d}  {o.final_loss:10.4f}  {o.seconds:7.0f}  {o.checkpoint}")
-    print(f"MLflow: experiment vidrip-train; browse with: vidrip ui --workdir {cfg.workdir}")
+    print(f"MLflow: experiment {cfg.tracking.experiment_prefix}-train; browse with: vidrip ui --workdir {cfg.workdir}")
     return 0
 
 
@@ -175,21 +176,15 @@ def _cmd_head(args) -> int:
     from vidrip.runtime import HeadConfig, LocalRayHead
 
     cfg = load_config(HeadConfig, args.config, args.overrides)
-    if cfg.ray.address is not None:
-        raise ValueError("vidrip head starts a head; ray.address must be null")
-    head = LocalRayHead(cfg.ray, cfg.workdir).start()
-    signal.signal(signal.SIGTERM, lambda *_: head.stop())
-    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in head.submit_env().items())
-    print(f"Ray head ready on {cfg.ray.gcs_address}, dashboard {cfg.ray.dashboard_url} (Ctrl-C stops it)")
-    print(f"submit jobs with:\n  export {exports}")
-    demo = "python jobs/demo.py --config jobs/configs/demo.yaml ray.address=auto"
-    print(f"  ray job submit --working-dir . -- {demo}", flush=True)
-    try:
-        head.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        head.stop()
+    with LocalRayHead(cfg.ray, cfg.workdir) as head:  # refuses a config whose ray.address is set
+        signal.signal(signal.SIGTERM, lambda *_: head.stop())
+        exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in head.submit_env().items())
+        print(f"Ray head ready on {cfg.ray.gcs_address}, dashboard {cfg.ray.dashboard_url} (Ctrl-C stops it)")
+        print(f"submit jobs with:\n  export {exports}")
+        demo = "python jobs/demo.py --config jobs/configs/demo.yaml ray.address=auto"
+        print(f"  ray job submit --working-dir . -- {demo}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            head.wait()
     return 0
 
 

@@ -338,10 +338,8 @@ class LocalRayHead:
 
     def submit_env(self) -> dict[str, str]:
         """What a shell needs to ``ray job submit`` to this head."""
-        env = {"RAY_API_SERVER_ADDRESS": self.config.dashboard_url}
-        if self.config.auth == "token":
-            env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file(self.workdir)))
-        return env
+        keys = ("RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")
+        return {k: v for k, v in ray_env(self.config, self.workdir).items() if k in keys}
 
     def wait(self) -> int:
         """Block until the head exits; returns its exit code."""
