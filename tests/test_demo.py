@@ -42,3 +42,19 @@ def test_existing_sample_with_the_same_config_is_reused(sample_dir):
     before = (sample_dir / "metadata.json").stat().st_mtime_ns
     ensure_sample(SampleConfig(out=str(sample_dir), **SMALL_SAMPLE))
     assert (sample_dir / "metadata.json").stat().st_mtime_ns == before
+
+
+def test_a_bad_training_config_fails_before_ray_starts(sample_dir, tmp_path, tracking):
+    from vidrip.config import ConfigError
+
+    bad = tmp_path / "train.yaml"
+    bad.write_text("stages: [0, 9]\n")
+    cfg = DemoConfig(
+        workdir=str(tmp_path / "work"),
+        sample={"out": str(sample_dir), **SMALL_SAMPLE},
+        tracking=tracking,
+        train_config=str(bad),
+    )
+    with pytest.raises(ConfigError, match="no stage 9"):
+        run_demo(cfg)
+    assert not (tmp_path / "work" / "ray").exists()  # no head was started

@@ -29,8 +29,9 @@ from vidrip.data.video import FramePolicy
 from vidrip.model.loading import ModelConfig
 from vidrip.runtime import RayConfig, ray_session
 from vidrip.tracking import TrackingConfig, job_run, resolve_tracking_uri
+from vidrip.train.chain import run_stages
 
-__all__ = ["DemoConfig", "answer_on_ray", "ensure_sample", "run_demo"]
+__all__ = ["DemoConfig", "answer_on_ray", "demo_train_config", "ensure_sample", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +95,12 @@ def answer_on_ray(cfg: DemoConfig, model: ModelConfig, video: Path, question: st
     return ray.get(task.remote(model.model_dump(), str(video), question, cfg.frames.model_dump(), cfg.max_new_tokens))
 
 
-def train_stages(cfg: DemoConfig, workdir: Path, sample_dir: Path) -> list:
-    """The training stages of ``cfg.train_config``, run in the demo's work directory, sample and cluster."""
+def demo_train_config(cfg: DemoConfig, workdir: Path, sample_dir: Path):
+    """``cfg.train_config``'s stages, set to run in the demo's work directory, sample and cluster."""
     from vidrip.config import load_config
-    from vidrip.train.chain import TrainConfig, run_stages
+    from vidrip.train.chain import TrainConfig
 
-    train = load_config(TrainConfig, cfg.train_config).model_copy(
+    return load_config(TrainConfig, cfg.train_config).model_copy(
         update={
             "workdir": str(workdir),
             "data_root": str(sample_dir),
@@ -108,7 +109,6 @@ def train_stages(cfg: DemoConfig, workdir: Path, sample_dir: Path) -> list:
             "tracking": cfg.tracking,
         }
     )
-    return run_stages(train)
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -120,6 +120,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     if cfg.question_index >= len(tests):
         raise ValueError(f"question_index={cfg.question_index}: the sample has {len(tests)} test questions")
     item = tests[cfg.question_index]
+    # a bad training config fails here, not after the Ray head is up
+    train = demo_train_config(cfg, workdir, sample_dir) if cfg.train_config else None
 
     with (
         ray_session(cfg.ray, workdir),
@@ -127,7 +129,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     ):
         import mlflow
 
-        stages = train_stages(cfg, workdir, sample_dir) if cfg.train_config else []
+        stages = run_stages(train) if train is not None else []
         model = cfg.model.model_copy(update={"checkpoint": stages[-1].checkpoint}) if stages else cfg.model
         result = answer_on_ray(cfg, model, sample_dir / item.video_name, item.question)
         record = {
