@@ -1,16 +1,24 @@
 """Training for real: stages chained through MLflow on Ray Train (2 CPU workers, DeepSpeed over gloo)."""
 
+import json
+import os
+import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import mlflow
 import numpy as np
+import psutil
 import pytest
 import torch
 
 from vidrip.config import ConfigError, load_config
 from vidrip.model.loading import ModelConfig, load_model, load_processor
 from vidrip.train.chain import CHECKPOINT_TAG, STAGE_TAG, TrainConfig, find_stage_run, run_stages
+from vidrip.train.loop import StageRunConfig, fit_stage, read_events
+from vidrip.train.stages import default_stage
 
 
 def test_stage_overrides_merge_onto_the_papers_defaults(repo):
@@ -134,3 +142,109 @@ def test_stage3_lora_under_zero3_then_merge(ray_client, sample_dir, tmp_path, re
         a, b = trained(**inputs).logits, merged(**inputs).logits
     assert not torch.equal(a, load_model(ModelConfig(checkpoint=str(tmp_path / "stage2")))(**inputs).logits)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list[int]) -> threading.Thread:
+    """A thread that waits until Ray Train has registered the run's first checkpoint (it is in the checkpoint
+    manager's snapshot, not only on disk), then SIGKILLs one training worker."""
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+
+    def registered() -> bool:
+        try:
+            return bool(json.loads(snapshot.read_text())["checkpoint_results"])
+        except (OSError, ValueError, KeyError):  # not written yet, or being written
+            return False
+
+    def kill():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not registered():
+            time.sleep(0.2)
+        workers = [
+            p
+            for p in psutil.process_iter(["pid", "cmdline"])
+            if any("RayTrainWorker" in part for part in p.info["cmdline"] or [])
+        ]
+        if workers:
+            os.kill(workers[0].info["pid"], signal.SIGKILL)
+            killed.append(workers[0].info["pid"])
+
+    thread = threading.Thread(target=kill, daemon=True)
+    thread.start()
+    return thread
+
+
+def _stage0_run(sample_dir, tmp_path, repo, **update) -> StageRunConfig:
+    spec = default_stage(0).model_copy(update={"global_batch_size": 2})
+    fields = dict(
+        stage=spec,
+        data_root=str(sample_dir),
+        output_dir=str(tmp_path / "out"),
+        run_name="kill-test",
+        max_steps=8,
+        save_steps=2,
+        deepspeed=str(repo / "jobs/configs/deepspeed/zero2.json"),
+    )
+    return StageRunConfig(**{**fields, **update})
+
+
+def _logged_steps(checkpoint: str) -> list[int]:
+    state = json.loads((Path(checkpoint) / "checkpoint" / "trainer_state.json").read_text())
+    return [e["step"] for e in state["log_history"] if "loss" in e]
+
+
+@pytest.mark.integration
+def test_a_killed_worker_is_replaced_and_the_stage_resumes_from_its_checkpoint(ray_client, sample_dir, tmp_path, repo):
+    cfg = _stage0_run(sample_dir, tmp_path, repo, max_failures=1)
+    killed: list[int] = []
+    killer = _kill_a_worker_after_first_checkpoint(cfg.storage_path / cfg.run_name, killed)
+    result = fit_stage(cfg)
+    killer.join()
+    assert killed, "no training worker was found to kill"
+    assert result.global_step == 8
+    events = read_events(cfg.output_dir)
+    assert [e["event"] for e in events] == ["start", "resume"]
+    assert events[1]["step"] in (2, 4, 6)  # from a saved checkpoint, not from scratch
+    assert _logged_steps(result.checkpoint) == list(range(1, 9))  # every step once, none repeated or lost
+
+
+@pytest.mark.integration
+def test_a_crashed_training_run_resumes_when_rerun_with_its_name(ray_client, sample_dir, tmp_path, tracking, repo):
+    cfg = TrainConfig(
+        workdir=str(tmp_path),
+        data_root=str(sample_dir),
+        stages=[0],
+        run_name="crash-test",
+        max_steps=8,
+        save_steps=2,
+        max_failures=0,
+        stage_overrides={0: {"global_batch_size": 2}},
+        deepspeed={k: str(repo / v) for k, v in TrainConfig().deepspeed.items()},
+        tracking=tracking,
+    )
+    killed: list[int] = []
+    run_dir = tmp_path / "train" / "crash-test" / "stage0" / "ray_results" / "crash-test-stage0"
+    killer = _kill_a_worker_after_first_checkpoint(run_dir, killed)
+    with pytest.raises(Exception):  # noqa: B017  the stage fails: no retries were allowed
+        run_stages(cfg)
+    killer.join()
+    assert killed
+
+    (outcome,) = run_stages(cfg)  # the same name: resume
+    assert outcome.global_step == 8 and outcome.trained
+    assert _logged_steps(str(Path(outcome.checkpoint).parent)) == list(range(1, 9))
+
+    client = mlflow.MlflowClient()
+    stage_runs = client.search_runs(
+        [client.get_run(outcome.run_id).info.experiment_id], filter_string=f"tags.`{STAGE_TAG}` = '0'"
+    )
+    assert sorted(r.info.status for r in stage_runs) == ["FAILED", "FINISHED"]
+    parents = {r.data.tags["mlflow.parentRunId"] for r in stage_runs}
+    assert len(parents) == 1 and client.get_run(parents.pop()).info.status == "FINISHED"
+    resumed = client.get_run(outcome.run_id).data.tags["vidrip.resumed_from_steps"]
+    assert int(resumed) in (2, 4, 6)
+
+    (again,) = run_stages(cfg)  # a finished run: nothing to train, the stage is kept
+    assert (again.run_id, again.trained, again.global_step) == (outcome.run_id, False, 8)
+    changed = cfg.model_copy(update={"save_steps": 4})
+    with pytest.raises(ValueError, match="stage 0 was started with a different configuration"):
+        run_stages(changed)

@@ -146,17 +146,21 @@ def _stage_list(text: str) -> list[int]:
 
 def _cmd_train(args) -> int:
     from vidrip.runtime import ray_session
-    from vidrip.train.chain import TrainConfig, run_stages
+    from vidrip.train.chain import TrainConfig, new_run_name, run_stages
 
     overrides = list(args.overrides)
     if args.stages:
         overrides.append(f"stages={_stage_list(args.stages)}")
     cfg = load_config(TrainConfig, args.config, overrides)
+    if cfg.run_name is None:
+        cfg = cfg.model_copy(update={"run_name": new_run_name()})
+    print(f"training run {cfg.run_name} (if interrupted, rerun with run_name={cfg.run_name} to resume)", flush=True)
     with ray_session(cfg.ray, Path(cfg.workdir).resolve()):
         outcomes = run_stages(cfg)
     print("\nstage  steps  final loss  seconds  checkpoint")
     for o in outcomes:
-        print(f"{o.stage:5d}  {o.global_step:5d}  {o.final_loss:10.4f}  {o.seconds:7.0f}  {o.checkpoint}")
+        kept = "" if o.trained else "  (kept: finished earlier)"
+        print(f"{o.stage:5d}  {o.global_step:5d}  {o.final_loss:10.4f}  {o.seconds:7.0f}  {o.checkpoint}{kept}")
     print(f"MLflow: experiment {cfg.tracking.experiment_prefix}-train; browse with: vidrip ui --workdir {cfg.workdir}")
     return 0
 

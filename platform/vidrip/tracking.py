@@ -32,6 +32,7 @@ from vidrip.paths import console_script, repo_root
 
 __all__ = [
     "TrackingConfig",
+    "config_sha",
     "flatten",
     "git_commit",
     "job_run",
@@ -108,6 +109,12 @@ def _ensure_experiment(name: str, workdir: Path) -> str:
         return mlflow.get_experiment_by_name(name).experiment_id
 
 
+def config_sha(config: BaseModel) -> str:
+    """A short hash of a config's values: equal configs, equal hashes."""
+    cfg_json = json.dumps(config.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(cfg_json.encode()).hexdigest()[:16]
+
+
 @contextlib.contextmanager
 def job_run(
     job: str,
@@ -118,10 +125,12 @@ def job_run(
     dataset: str | Path | None = None,
     parent_run_id: str | None = None,
     run_name: str | None = None,
+    resume_run_id: str | None = None,
 ) -> Iterator:
     """An MLflow run for one job, ended FINISHED, FAILED or KILLED, with lineage tags and the config.
 
-    Nested under ``parent_run_id``, or under the run active in this process if there is one."""
+    Nested under ``parent_run_id``, or under the run active in this process if there is one.
+    ``resume_run_id`` reopens an earlier run instead (its params stay as first logged)."""
     import mlflow
 
     workdir = Path(workdir).resolve()
@@ -131,10 +140,9 @@ def job_run(
         parent_run_id = active.info.run_id  # a job started inside another job's run is its child
     experiment_id = _ensure_experiment(f"{tracking.experiment_prefix}-{job}", workdir)
     cfg_dict = config.model_dump(mode="json")
-    cfg_json = json.dumps(cfg_dict, sort_keys=True)
     tags = {
         f"{TAG_PREFIX}job": job,
-        f"{TAG_PREFIX}config_sha": hashlib.sha256(cfg_json.encode()).hexdigest()[:16],
+        f"{TAG_PREFIX}config_sha": config_sha(config),
         f"{TAG_PREFIX}git_commit": git_commit(),
         f"{TAG_PREFIX}argv": " ".join(sys.argv)[:500],
     }
@@ -144,13 +152,20 @@ def job_run(
     if parent_run_id is not None:
         tags[f"{TAG_PREFIX}parent_run_id"] = parent_run_id
         tags["mlflow.parentRunId"] = parent_run_id
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags, nested=parent_run_id is not None)
+    if resume_run_id is not None:
+        run = mlflow.start_run(run_id=resume_run_id, nested=active is not None)
+        mlflow.set_tags({**tags, f"{TAG_PREFIX}resumed": "true"})
+    else:
+        run = mlflow.start_run(
+            experiment_id=experiment_id, run_name=run_name, tags=tags, nested=parent_run_id is not None
+        )
     status = "FAILED"
     try:
-        params = flatten(cfg_dict)
-        for i in range(0, len(params), 100):  # MLflow's batch limit
-            mlflow.log_params(dict(list(params.items())[i : i + 100]))
-        mlflow.log_dict(cfg_dict, "config.json")
+        if resume_run_id is None:
+            params = flatten(cfg_dict)
+            for i in range(0, len(params), 100):  # MLflow's batch limit
+                mlflow.log_params(dict(list(params.items())[i : i + 100]))
+            mlflow.log_dict(cfg_dict, "config.json")
         yield run
         status = "FINISHED"
     except KeyboardInterrupt:

@@ -5,12 +5,17 @@ Run as::
     vidrip train --config jobs/configs/train_tiny.yaml [stages=[0,1] stage_overrides.1.lr=2e-5]
     python jobs/train.py --config jobs/configs/train_tiny.yaml
 
-One parent MLflow run per invocation, one nested run per stage. A stage's ``init_from`` names a stage,
-never a path: the checkpoint is the ``vidrip.checkpoint`` tag of the newest FINISHED run of that stage
-(under this parent run when it trained there, else anywhere in the ``vidrip-train`` experiment). Each
-stage run records every config value as a param, the per-step loss, learning rate and grad norm from
-the Trainer's log history, and tags: stage, checkpoint, init run, dataset fingerprint. The last stage's
-model becomes a new version of the registered model ``vidrip-video``.
+One parent MLflow run per training run, one nested run per stage. A stage's ``init_from`` names a
+stage, never a path: the checkpoint is the ``vidrip.checkpoint`` tag of the newest FINISHED run of that
+stage (under this parent run when it trained there, else anywhere in the ``vidrip-train`` experiment).
+Each stage run records every config value as a param, the per-step loss, learning rate, grad norm,
+samples/s and tokens/s from the Trainer's log history, and tags: stage, checkpoint, init run, dataset
+fingerprint. The last stage's model becomes a new version of the registered model ``vidrip-video``.
+
+Resume: every training run has a name (``run_name``; a new ``train-<time>`` when unset, printed at the
+start). Rerunning with the same name reopens its parent run, keeps the stages that FINISHED, and
+continues an interrupted stage from its last Ray Train checkpoint; a stage whose configuration changed
+since is refused (start a new run name instead).
 """
 
 from __future__ import annotations
@@ -26,15 +31,18 @@ from pydantic import Field, ValidationError, model_validator
 from vidrip.config import StrictConfig
 from vidrip.model.loading import ModelConfig
 from vidrip.runtime import RayConfig
-from vidrip.tracking import TrackingConfig, job_run, register_checkpoint
-from vidrip.train.loop import StageRunConfig, fit_stage
+from vidrip.tracking import TrackingConfig, config_sha, job_run, register_checkpoint, resolve_tracking_uri
+from vidrip.train.loop import StageRunConfig, fit_stage, read_events
 from vidrip.train.stages import StageSpec, default_stages
 
-__all__ = ["StageOutcome", "TrainConfig", "find_stage_run", "run_stages"]
+__all__ = ["StageOutcome", "TrainConfig", "find_stage_run", "new_run_name", "run_stages"]
 
 log = logging.getLogger(__name__)
 STAGE_TAG = "vidrip.stage"
 CHECKPOINT_TAG = "vidrip.checkpoint"
+TRAIN_RUN_TAG = "vidrip.train_run"  # on the parent run: the training run's name
+CONFIG_SHA_TAG = "vidrip.config_sha"
+LOGGED_METRICS = ("loss", "learning_rate", "grad_norm", "samples_per_second", "tokens_per_second")
 
 
 class TrainConfig(StrictConfig):
@@ -50,6 +58,9 @@ class TrainConfig(StrictConfig):
     per_device_batch_size: int = Field(default=1, ge=1)
     max_steps: int = -1
     save_steps: int = Field(default=2, ge=1)
+    max_failures: int = Field(
+        default=2, ge=0, description="worker failures a stage survives (resumes from its checkpoint)"
+    )
     deepspeed: dict[Literal["full", "lora"], str | None] = Field(
         default_factory=lambda: {
             "full": "jobs/configs/deepspeed/zero2.json",
@@ -57,7 +68,11 @@ class TrainConfig(StrictConfig):
         },
         description="DeepSpeed config for stages without and with LoRA (None: plain DDP)",
     )
-    run_prefix: str = "vidrip"
+    run_name: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="None: a new run 'train-<time>'; an earlier run's name resumes it",
+    )
     registered_model: str = Field(default="vidrip-video", description="the last stage's model is a new version")
     ray: RayConfig = Field(default_factory=RayConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -94,6 +109,7 @@ class StageOutcome(StrictConfig):
     global_step: int
     final_loss: float
     seconds: float
+    trained: bool = False  # False: kept from an earlier invocation of the same training run
 
 
 def find_stage_run(stage: int, parent_run_id: str | None = None, experiment: str = "vidrip-train"):
@@ -119,78 +135,150 @@ def _log_history(hf_checkpoint: Path) -> list[dict]:
     return json.loads(state.read_text())["log_history"] if state.is_file() else []
 
 
+def _search(experiment: str, query: str) -> list:
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return mlflow.search_runs(
+        [exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], output_format="list"
+    )
+
+
+def _outcome_of(run, stage: int) -> StageOutcome:
+    """A FINISHED stage run, read back from MLflow (a resumed training run keeps it)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    losses = client.get_metric_history(run.info.run_id, "loss")
+    init = run.data.tags.get("vidrip.init_from_run", "base")
+    return StageOutcome(
+        stage=stage,
+        run_id=run.info.run_id,
+        checkpoint=run.data.tags[CHECKPOINT_TAG],
+        init_run_id=None if init == "base" else init,
+        global_step=int(run.data.metrics.get("global_step", 0)),
+        final_loss=max(losses, key=lambda m: m.step).value if losses else float("nan"),
+        seconds=run.data.metrics.get("seconds", 0.0),
+    )
+
+
+def new_run_name() -> str:
+    return time.strftime("train-%Y%m%d-%H%M%S")
+
+
 def run_stages(cfg: TrainConfig) -> list[StageOutcome]:
-    """Run ``cfg.stages`` in order on the connected Ray cluster, each from its ``init_from``."""
+    """Run ``cfg.stages`` in order on the connected Ray cluster, each from its ``init_from``.
+
+    With ``cfg.run_name`` of an earlier run: resume it (see the module docstring)."""
     import mlflow
 
     workdir = Path(cfg.workdir).resolve()
+    experiment = f"{cfg.tracking.experiment_prefix}-train"
+    name = cfg.run_name or new_run_name()
+    mlflow.set_tracking_uri(resolve_tracking_uri(cfg.tracking, workdir))
+    earlier = _search(experiment, f"tags.`{TRAIN_RUN_TAG}` = '{name}'")
+    if earlier:
+        log.info("training run %s: resuming (MLflow run %s)", name, earlier[0].info.run_id)
+    else:
+        log.info("training run %s: rerun with run_name=%s to resume it", name, name)
     outcomes: list[StageOutcome] = []
-    with job_run("train", cfg, tracking=cfg.tracking, workdir=workdir, dataset=cfg.data_root) as parent:
+    with job_run(
+        "train",
+        cfg,
+        tracking=cfg.tracking,
+        workdir=workdir,
+        dataset=cfg.data_root,
+        run_name=name,
+        resume_run_id=earlier[0].info.run_id if earlier else None,
+    ) as parent:
+        mlflow.set_tag(TRAIN_RUN_TAG, name)
         for index in cfg.stages:
-            spec = cfg.spec(index)
-            model = cfg.model
-            init_run_id = None
-            if spec.init_from != "base":
-                init = find_stage_run(spec.init_from, parent.info.run_id, f"{cfg.tracking.experiment_prefix}-train")
-                if init is None:
-                    raise RuntimeError(
-                        f"stage {index} starts from stage {spec.init_from}, but MLflow has no FINISHED run of "
-                        f"stage {spec.init_from} with a checkpoint; run it first (stages=[{spec.init_from},{index}])"
-                    )
-                init_run_id = init.info.run_id
-                model = model.model_copy(update={"checkpoint": init.data.tags[CHECKPOINT_TAG]})
-            run_cfg = StageRunConfig(
-                stage=spec,
-                model=model,
-                data_root=cfg.data_root,
-                output_dir=str(workdir / "train" / f"stage{index}"),
-                run_name=f"{cfg.run_prefix}-stage{index}-{parent.info.run_id[:8]}",
-                num_workers=cfg.num_workers,
-                use_gpu=cfg.use_gpu,
-                per_device_batch_size=cfg.per_device_batch_size,
-                max_steps=cfg.max_steps,
-                save_steps=cfg.save_steps,
-                deepspeed=cfg.deepspeed["lora" if spec.uses_lora else "full"],
-            )
-            with job_run(
-                "train",
-                run_cfg,
-                tracking=cfg.tracking,
-                workdir=workdir,
-                dataset=cfg.data_root,
-                parent_run_id=parent.info.run_id,
-                run_name=f"stage{index}-{spec.name}",
-            ) as run:
-                mlflow.set_tags({STAGE_TAG: str(index), "vidrip.init_from_run": init_run_id or "base"})
-                start = time.perf_counter()
-                result = fit_stage(run_cfg)
-                seconds = time.perf_counter() - start
-                hf_dir = Path(result.checkpoint) / "checkpoint"
-                for entry in _log_history(hf_dir):
-                    step = int(entry.get("step", 0))
-                    mlflow.log_metrics(
-                        {k: float(v) for k, v in entry.items() if k in ("loss", "learning_rate", "grad_norm")},
-                        step=step,
-                    )
-                mlflow.log_metrics({"seconds": seconds, "global_step": result.global_step})
-                mlflow.set_tag(CHECKPOINT_TAG, str(hf_dir))
-            outcomes.append(
-                StageOutcome(
-                    stage=index,
-                    run_id=run.info.run_id,
-                    checkpoint=str(hf_dir),
-                    init_run_id=init_run_id,
-                    global_step=result.global_step,
-                    final_loss=float(result.metrics["loss"]),
-                    seconds=seconds,
-                )
-            )
-            log.info(
-                "stage %d: %d steps, loss %.4f, %.0f s", index, result.global_step, outcomes[-1].final_loss, seconds
-            )
-            if index == cfg.stages[-1]:
+            outcome = _run_stage(cfg, index, name, parent.info.run_id, experiment, workdir)
+            outcomes.append(outcome)
+            if index == cfg.stages[-1] and outcome.trained:
                 version = register_checkpoint(
-                    cfg.registered_model, hf_dir, run.info.run_id, tags={STAGE_TAG: str(index)}
+                    cfg.registered_model, outcome.checkpoint, outcome.run_id, tags={STAGE_TAG: str(index)}
                 )
                 log.info("registered %s version %s (stage %d)", cfg.registered_model, version.version, index)
     return outcomes
+
+
+def _run_stage(cfg: TrainConfig, index: int, name: str, parent_id: str, experiment: str, workdir: Path):
+    import mlflow
+
+    spec = cfg.spec(index)
+    model = cfg.model
+    init_run_id = None
+    if spec.init_from != "base":
+        init = find_stage_run(spec.init_from, parent_id, experiment)
+        if init is None:
+            raise RuntimeError(
+                f"stage {index} starts from stage {spec.init_from}, but MLflow has no FINISHED run of "
+                f"stage {spec.init_from} with a checkpoint; run it first (stages=[{spec.init_from},{index}])"
+            )
+        init_run_id = init.info.run_id
+        model = model.model_copy(update={"checkpoint": init.data.tags[CHECKPOINT_TAG]})
+    run_cfg = StageRunConfig(
+        stage=spec,
+        model=model,
+        data_root=cfg.data_root,
+        output_dir=str(workdir / "train" / name / f"stage{index}"),
+        run_name=f"{name}-stage{index}",
+        num_workers=cfg.num_workers,
+        use_gpu=cfg.use_gpu,
+        per_device_batch_size=cfg.per_device_batch_size,
+        max_steps=cfg.max_steps,
+        save_steps=cfg.save_steps,
+        max_failures=cfg.max_failures,
+        deepspeed=cfg.deepspeed["lora" if spec.uses_lora else "full"],
+    )
+    sha = config_sha(run_cfg)
+    before = _search(experiment, f"tags.`{STAGE_TAG}` = '{index}' and tags.`mlflow.parentRunId` = '{parent_id}'")
+    for run in before:
+        if run.data.tags.get(CONFIG_SHA_TAG) != sha:
+            raise ValueError(
+                f"training run '{name}': stage {index} was started with a different configuration "
+                f"(MLflow run {run.info.run_id}); resuming needs the same one. Start a new run_name instead."
+            )
+    finished = [r for r in before if r.info.status == "FINISHED" and CHECKPOINT_TAG in r.data.tags]
+    if finished:
+        log.info("stage %d: already finished in MLflow run %s: kept", index, finished[0].info.run_id)
+        return _outcome_of(finished[0], index)
+
+    with job_run(
+        "train",
+        run_cfg,
+        tracking=cfg.tracking,
+        workdir=workdir,
+        dataset=cfg.data_root,
+        parent_run_id=parent_id,
+        run_name=f"stage{index}-{spec.name}",
+    ) as run:
+        mlflow.set_tags({STAGE_TAG: str(index), "vidrip.init_from_run": init_run_id or "base"})
+        start = time.perf_counter()
+        result = fit_stage(run_cfg)
+        seconds = time.perf_counter() - start
+        hf_dir = Path(result.checkpoint) / "checkpoint"
+        for entry in _log_history(hf_dir):
+            metrics = {k: float(v) for k, v in entry.items() if k in LOGGED_METRICS}
+            if metrics:
+                mlflow.log_metrics(metrics, step=int(entry.get("step", 0)))
+        resumes = [e["step"] for e in read_events(run_cfg.output_dir) if e["event"] == "resume"]
+        if resumes:
+            mlflow.set_tag("vidrip.resumed_from_steps", ",".join(map(str, resumes)))
+        mlflow.log_metrics({"seconds": seconds, "global_step": result.global_step})
+        mlflow.set_tag(CHECKPOINT_TAG, str(hf_dir))
+    outcome = StageOutcome(
+        stage=index,
+        run_id=run.info.run_id,
+        checkpoint=str(hf_dir),
+        init_run_id=init_run_id,
+        global_step=result.global_step,
+        final_loss=float(result.metrics["loss"]),
+        seconds=seconds,
+        trained=True,
+    )
+    log.info("stage %d: %d steps, loss %.4f, %.0f s", index, result.global_step, outcome.final_loss, seconds)
+    return outcome

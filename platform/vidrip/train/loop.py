@@ -12,12 +12,18 @@ video, is where Ray Data earns its place).
 Checkpoints: the Trainer saves every ``save_steps``; ``RayTrainReportCallback`` reports each one to
 Ray Train. A rerun with the same ``run_name`` and ``storage_path`` resumes from the latest reported
 checkpoint (``ray.train.get_checkpoint()``), as does a restart after a worker failure
-(``FailureConfig(max_failures)``). On CPU the workers talk over gloo in fp32; on GPU in bf16.
+(``FailureConfig(max_failures)``). Each start and resume is a line in ``<output_dir>/events.jsonl``.
+On CPU the workers talk over gloo in fp32; on GPU in bf16.
+
+Metrics at every logging step: the Trainer's loss, learning rate and grad norm, plus throughput over
+the steps since the last log: ``samples_per_second`` and ``tokens_per_second`` (all workers; non-padding
+tokens, image and video tokens included) and ``tokens_per_second_per_worker``.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from pydantic import Field
@@ -26,7 +32,15 @@ from vidrip.config import StrictConfig
 from vidrip.model.loading import ModelConfig
 from vidrip.train.stages import StageSpec
 
-__all__ = ["NON_LORA_FILE", "StageResult", "StageRunConfig", "fit_stage", "train_func_per_worker"]
+__all__ = [
+    "EVENTS_FILE",
+    "NON_LORA_FILE",
+    "StageResult",
+    "StageRunConfig",
+    "fit_stage",
+    "read_events",
+    "train_func_per_worker",
+]
 
 
 class StageRunConfig(StrictConfig):
@@ -56,6 +70,38 @@ class StageRunConfig(StrictConfig):
 
 
 NON_LORA_FILE = "non_lora_trainables.safetensors"
+EVENTS_FILE = "events.jsonl"
+
+
+def read_events(output_dir: str | Path) -> list[dict]:
+    """The stage's start and resume events, oldest first (``[]`` before its first start)."""
+    path = Path(output_dir) / EVENTS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _events_callback(output_dir: Path, world_size: int):
+    from transformers import TrainerCallback
+
+    class StageEvents(TrainerCallback):
+        """Rank 0 appends ``{"event": "start" | "resume", "step": N, ...}`` when training (re)starts."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return
+            event = {
+                "event": "resume" if state.global_step > 0 else "start",
+                "step": state.global_step,
+                "max_steps": state.max_steps,
+                "world_size": world_size,
+                "time": time.time(),
+            }
+            output_dir.mkdir(parents=True, exist_ok=True)
+            with (output_dir / EVENTS_FILE).open("a") as f:
+                f.write(json.dumps(event) + "\n")
+
+    return StageEvents()
 
 
 def _non_lora_trainables_callback():
@@ -88,6 +134,10 @@ def _non_lora_trainables_callback():
                 save_file(tensors, str(out / NON_LORA_FILE))
 
     return SaveNonLoraTrainables()
+
+
+def _samples_per_rank_step(args) -> int:
+    return args.per_device_train_batch_size * args.gradient_accumulation_steps
 
 
 def _gradient_accumulation(cfg: StageRunConfig) -> int:
@@ -147,13 +197,27 @@ def train_func_per_worker(config: dict) -> None:
         ddp_find_unused_parameters=True,  # SigLIP's post_layernorm takes no part in LLaVA's forward
         seed=cfg.seed,
         disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
     )
 
     class StageTrainer(Trainer):
+        _last_log: tuple[float, int, int] | None = None  # (time, global step, tokens seen) at the last log
+
         def create_optimizer(self, model=None):  # the vision tower at its own learning rate
             if self.optimizer is None:
                 self.optimizer = torch.optim.AdamW(param_groups(self.model, spec), lr=spec.lr)
             return self.optimizer
+
+        def log(self, logs, start_time=None):  # throughput since the previous log, beside the loss
+            now, step, tokens = time.perf_counter(), self.state.global_step, self.state.num_input_tokens_seen
+            if "loss" in logs and self._last_log is not None and step > self._last_log[1]:
+                seconds = now - self._last_log[0]
+                samples = (step - self._last_log[1]) * self.args.world_size * _samples_per_rank_step(self.args)
+                logs["samples_per_second"] = samples / seconds
+                logs["tokens_per_second"] = (tokens - self._last_log[2]) / seconds
+                logs["tokens_per_second_per_worker"] = logs["tokens_per_second"] / self.args.world_size
+            self._last_log = (now, step, tokens)
+            super().log(logs, start_time)
 
     trainer = StageTrainer(
         model=model,
@@ -161,7 +225,12 @@ def train_func_per_worker(config: dict) -> None:
         train_dataset=dataset,
         data_collator=Collator(processor, max_length=cfg.max_length),
         processing_class=processor,  # saved with every checkpoint: each one is a complete model folder
-        callbacks=[_non_lora_trainables_callback(), RayTrainReportCallback()],  # in this order: save, then report
+        # in this order: save, then report
+        callbacks=[
+            _events_callback(Path(cfg.output_dir), ctx.get_world_size()),
+            _non_lora_trainables_callback(),
+            RayTrainReportCallback(),
+        ],
     )
     trainer = prepare_trainer(trainer)
     checkpoint = ray.train.get_checkpoint()  # set when resuming a run or restarting after a failure
