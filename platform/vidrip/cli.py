@@ -5,6 +5,7 @@
     vidrip validate FILE [--kind test] [--media-root DIR]   check a record file, one line per bad record
     vidrip train [--stages 0-3]                       training stages on Ray Train + DeepSpeed
     vidrip merge --checkpoint DIR --out DIR          fold a stage-3 LoRA adapter into the model
+    vidrip convert --checkpoint DIR --out DIR        a LLaVA-NeXT llava_qwen checkpoint (ViDRiP's) to Hugging Face
     vidrip head [workdir=work]                        a Ray head on 127.0.0.1 for `ray job submit`
     vidrip ui [--workdir work] [--port 5000]          MLflow UI on 127.0.0.1
     vidrip curate | train | tune | serve | eval       later steps of the pipeline
@@ -71,6 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("merge", help="fold a stage-3 LoRA adapter into a standalone Hugging Face checkpoint")
     p.add_argument("--checkpoint", required=True, help="the LoRA stage's checkpoint folder (adapter_config.json)")
     p.add_argument("--out", required=True, help="folder for the merged model")
+
+    p = sub.add_parser(
+        "convert", help="convert a LLaVA-NeXT llava_qwen checkpoint (ViDRiP's release format, LoRA too) to Hugging Face"
+    )
+    p.add_argument("--checkpoint", required=True, help="LLaVA-NeXT folder: config.json + weights, or a LoRA folder")
+    p.add_argument("--base", help="for a LoRA folder: its base model's folder (default: the adapter's recorded base)")
+    p.add_argument("--out", required=True, help="folder for the Hugging Face checkpoint")
 
     p = sub.add_parser("head", help="keep a Ray head up on 127.0.0.1 for `ray job submit` (Ctrl-C stops it)")
     _add_config_args(p, None)
@@ -173,6 +181,19 @@ def _cmd_merge(args) -> int:
     return 0
 
 
+def _cmd_convert(args) -> int:
+    import json
+
+    from vidrip.model.convert import convert_llava_next
+
+    out = convert_llava_next(args.checkpoint, args.out, base=args.base)
+    info = json.loads((out / "vidrip_conversion.json").read_text())
+    lora = f", LoRA merged into {info['lora']['merged_weights']} weights" if info["lora"] else ""
+    print(f"converted {args.checkpoint} -> {out} (video layout '{info['video_newline']}'{lora})")
+    print("the weights keep their original licence; research use only, not for clinical decisions")
+    return 0
+
+
 def _cmd_head(args) -> int:
     import shlex
     import signal
@@ -220,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         "head": _cmd_head,
         "train": _cmd_train,
         "merge": _cmd_merge,
+        "convert": _cmd_convert,
         "ui": _cmd_ui,
     }
     try:

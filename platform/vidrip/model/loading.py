@@ -10,6 +10,8 @@ Three ways, in this order of precedence:
 3. neither: the preset's config with random weights (seeded).
 
 Hub ids resolve only from the local Hugging Face cache when ``HF_HUB_OFFLINE=1`` (vidrip's default).
+The video token layout (:mod:`vidrip.model.layout`) is ``video_newline`` for a new model and the
+checkpoint's own otherwise.
 
     cfg = ModelConfig(preset="tiny")
     model, processor = load_model(cfg), load_processor(cfg)
@@ -20,7 +22,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
+
 from vidrip.config import StrictConfig
+from vidrip.model.layout import LAYOUT_KEY, VideoNewline, video_newline
 from vidrip.model.presets import PRESETS, Preset, llava_config
 from vidrip.model.processor import build_processor
 
@@ -38,6 +43,11 @@ class ModelConfig(StrictConfig):
     llm: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: Literal["eager", "sdpa"] = "sdpa"
+    video_newline: VideoNewline | None = Field(
+        default=None,
+        description="video token layout: 'one_token' or LLaVA-NeXT's 'grid'; None: the checkpoint's "
+        "(one_token for a new model). A checkpoint runs only in its own layout.",
+    )
     seed: int = 0
 
     @property
@@ -60,24 +70,21 @@ def _local_only(ref: str) -> bool:
 def load_model(cfg: ModelConfig):
     """The model ``cfg`` describes, in ``cfg.dtype``, in eval mode."""
     import torch
-    from transformers import (
-        LlavaOnevisionForConditionalGeneration,
-        Qwen2Config,
-        Qwen2ForCausalLM,
-        SiglipVisionConfig,
-        SiglipVisionModel,
-    )
+    from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
+
+    from vidrip.model.grid_newline import LlavaOnevisionVideoLayoutForConditionalGeneration as Model
 
     dtype = _torch_dtype(cfg.dtype)
     if cfg.checkpoint is not None and (Path(cfg.checkpoint) / "adapter_config.json").is_file():
         return _load_adapter_checkpoint(cfg)
     if cfg.checkpoint is not None:
-        model = LlavaOnevisionForConditionalGeneration.from_pretrained(
+        model = Model.from_pretrained(
             cfg.checkpoint,
             dtype=dtype,
             local_files_only=_local_only(cfg.checkpoint),
             attn_implementation=cfg.attn_implementation,
         )
+        _check_layout(cfg, model.config)
         return model.eval()
 
     vision_cfg = (
@@ -88,8 +95,9 @@ def load_model(cfg: ModelConfig):
     text_cfg = Qwen2Config.from_pretrained(cfg.llm, local_files_only=_local_only(cfg.llm)) if cfg.llm else None
     config = llava_config(cfg.spec, vision_config=vision_cfg, text_config=text_cfg)
     config._attn_implementation = cfg.attn_implementation
+    setattr(config, LAYOUT_KEY, cfg.video_newline or "one_token")
     torch.manual_seed(cfg.seed)
-    model = LlavaOnevisionForConditionalGeneration(config)
+    model = Model(config)
     if cfg.vision_tower:
         tower = SiglipVisionModel.from_pretrained(cfg.vision_tower, local_files_only=_local_only(cfg.vision_tower))
         model.model.vision_tower.load_state_dict(tower.state_dict())
@@ -98,6 +106,14 @@ def load_model(cfg: ModelConfig):
         model.model.language_model.load_state_dict(llm.model.state_dict())
         model.lm_head.load_state_dict(llm.lm_head.state_dict())
     return model.to(dtype).eval()
+
+
+def _check_layout(cfg: ModelConfig, config) -> None:
+    if cfg.video_newline is not None and cfg.video_newline != video_newline(config):
+        raise ValueError(
+            f"video_newline: {cfg.checkpoint} was trained with the '{video_newline(config)}' video layout; "
+            f"it cannot run with '{cfg.video_newline}' (leave video_newline unset to use the checkpoint's)"
+        )
 
 
 def _load_adapter_checkpoint(cfg: ModelConfig):
@@ -123,11 +139,18 @@ def _load_adapter_checkpoint(cfg: ModelConfig):
 
 def load_processor(cfg: ModelConfig):
     """The processor saved with ``cfg.checkpoint`` when it has one, else the preset's."""
+    import json
+
     from transformers import AutoProcessor
 
-    if cfg.checkpoint is not None and (Path(cfg.checkpoint) / "processor_config.json").is_file():
+    from vidrip.model.grid_newline import GridNewlineProcessor
+
+    saved = Path(cfg.checkpoint) / "processor_config.json" if cfg.checkpoint is not None else None
+    if saved is not None and saved.is_file():
+        if json.loads(saved.read_text()).get("processor_class") == GridNewlineProcessor.__name__:
+            return GridNewlineProcessor.from_pretrained(cfg.checkpoint, local_files_only=True)
         return AutoProcessor.from_pretrained(cfg.checkpoint, local_files_only=True)
-    return build_processor(cfg.spec)
+    return build_processor(cfg.spec, video_newline=cfg.video_newline or "one_token")
 
 
 def save_model(model, processor, out_dir: str | Path) -> Path:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from vidrip.model.presets import Preset
 from vidrip.model.tokenizer import load_qwen2_tokenizer
 
-__all__ = ["CHAT_TEMPLATE", "SYSTEM_PROMPT", "build_processor"]
+__all__ = ["CHAT_TEMPLATE", "SYSTEM_PROMPT", "build_processor", "make_processor"]
 
 SYSTEM_PROMPT = "You are a helpful assistant."
 
@@ -48,23 +48,30 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_processor(preset: Preset, tokenizer=None):
-    """A ``LlavaOnevisionProcessor`` for ``preset`` with the real Qwen2 tokenizer and our chat template."""
-    from transformers import (
-        LlavaOnevisionImageProcessor,
-        LlavaOnevisionProcessor,
-        LlavaOnevisionVideoProcessor,
+def build_processor(preset: Preset, tokenizer=None, video_newline: str = "one_token"):
+    """The processor for ``preset`` with the real Qwen2 tokenizer and our chat template."""
+    return make_processor(
+        preset.image_size, preset.vision["patch_size"], preset.grid_pinpoints, video_newline, tokenizer=tokenizer
     )
 
-    size = {"height": preset.image_size, "width": preset.image_size}
-    patches_per_side = preset.image_size // preset.vision["patch_size"]
-    image_processor = LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=preset.grid_pinpoints)
+
+def make_processor(
+    image_size: int, patch_size: int, grid_pinpoints: list[list[int]], video_newline: str = "one_token", tokenizer=None
+):
+    """A ``LlavaOnevisionProcessor`` (a :class:`GridNewlineProcessor` for the ``grid`` video layout)."""
+    from transformers import LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor
+
+    from vidrip.model.grid_newline import GridNewlineProcessor
+
+    size = {"height": image_size, "width": image_size}
+    image_processor = LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=grid_pinpoints)
     video_processor = LlavaOnevisionVideoProcessor(size=size)
-    return LlavaOnevisionProcessor(
+    cls = GridNewlineProcessor if video_newline == "grid" else LlavaOnevisionProcessor
+    return cls(
         image_processor=image_processor,
         tokenizer=tokenizer if tokenizer is not None else load_qwen2_tokenizer(),
         video_processor=video_processor,
-        num_image_tokens=patches_per_side**2,
+        num_image_tokens=(image_size // patch_size) ** 2,
         vision_feature_select_strategy="full",
         chat_template=CHAT_TEMPLATE,
         vision_aspect_ratio="anyres_max_9",
