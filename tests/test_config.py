@@ -12,6 +12,7 @@ SCHEMAS = {
     "jobs/configs/sample.yaml": SampleConfig,
     "jobs/configs/demo.yaml": DemoConfig,
     "jobs/configs/train_tiny.yaml": TrainConfig,
+    "jobs/configs/train_ov7b.yaml": TrainConfig,
 }
 YAML_FOLDERS = ("jobs", "serve_apps", "tune_configs", "cluster")
 

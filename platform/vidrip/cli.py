@@ -68,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train stages 0-3 on Ray Train + DeepSpeed, each from the previous one")
     _add_config_args(p, "jobs/configs/train_tiny.yaml")
     p.add_argument("--stages", help="which stages, e.g. 0-3 or 0,1 (overrides the config's 'stages')")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print each stage's memory plan per worker (parameters, gradients, optimizer, activations) and "
+        "exit: 0 if every stage fits, 1 if not; trains nothing",
+    )
 
     p = sub.add_parser("merge", help="fold a stage-3 LoRA adapter into a standalone Hugging Face checkpoint")
     p.add_argument("--checkpoint", required=True, help="the LoRA stage's checkpoint folder (adapter_config.json)")
@@ -154,12 +160,17 @@ def _stage_list(text: str) -> list[int]:
 
 def _cmd_train(args) -> int:
     from vidrip.runtime import ray_session
-    from vidrip.train.chain import TrainConfig, new_run_name, run_stages
+    from vidrip.train.chain import TrainConfig, check_plans, new_run_name, plan_stages, run_stages
 
     overrides = list(args.overrides)
     if args.stages:
         overrides.append(f"stages={_stage_list(args.stages)}")
     cfg = load_config(TrainConfig, args.config, overrides)
+    if args.dry_run:
+        plans = plan_stages(cfg)
+        print("\n\n".join(plan.table() for plan in plans))
+        check_plans(plans)
+        return 0
     if cfg.run_name is None:
         cfg = cfg.model_copy(update={"run_name": new_run_name()})
     print(f"training run {cfg.run_name} (if interrupted, rerun with run_name={cfg.run_name} to resume)", flush=True)

@@ -29,7 +29,7 @@ from vidrip.model.layout import LAYOUT_KEY, VideoNewline, video_newline
 from vidrip.model.presets import PRESETS, Preset, llava_config
 from vidrip.model.processor import build_processor
 
-__all__ = ["ModelConfig", "load_model", "load_processor", "save_model"]
+__all__ = ["ModelConfig", "load_model", "load_processor", "model_config", "save_model"]
 
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -67,10 +67,42 @@ def _local_only(ref: str) -> bool:
     return Path(ref).exists() or os.environ.get("HF_HUB_OFFLINE") == "1"
 
 
+def _component_config(cls, field: str, ref: str):
+    try:
+        return cls.from_pretrained(ref, local_files_only=_local_only(ref))
+    except OSError:
+        raise FileNotFoundError(
+            f"model.{field}: {ref!r} is neither a local folder nor in the local Hugging Face cache "
+            f"(vidrip runs offline); download it where there is network (`hf download {ref}`) or give a local folder"
+        ) from None
+
+
+def model_config(cfg: ModelConfig):
+    """The ``LlavaOnevisionConfig`` of the model ``cfg`` describes, without loading any weights."""
+    import json
+
+    from transformers import AutoConfig, Qwen2Config, SiglipVisionConfig
+
+    if cfg.checkpoint is not None:
+        ckpt = Path(cfg.checkpoint)
+        if (ckpt / "adapter_config.json").is_file():
+            base = json.loads((ckpt / "adapter_config.json").read_text())["base_model_name_or_path"]
+            return model_config(cfg.model_copy(update={"checkpoint": base}))
+        config = AutoConfig.from_pretrained(cfg.checkpoint, local_files_only=_local_only(cfg.checkpoint))
+        _check_layout(cfg, config)
+        return config
+    vision_cfg = _component_config(SiglipVisionConfig, "vision_tower", cfg.vision_tower) if cfg.vision_tower else None
+    text_cfg = _component_config(Qwen2Config, "llm", cfg.llm) if cfg.llm else None
+    config = llava_config(cfg.spec, vision_config=vision_cfg, text_config=text_cfg)
+    config._attn_implementation = cfg.attn_implementation
+    setattr(config, LAYOUT_KEY, cfg.video_newline or "one_token")
+    return config
+
+
 def load_model(cfg: ModelConfig):
     """The model ``cfg`` describes, in ``cfg.dtype``, in eval mode."""
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
+    from transformers import Qwen2ForCausalLM, SiglipVisionModel
 
     from vidrip.model.grid_newline import LlavaOnevisionVideoLayoutForConditionalGeneration as Model
 
@@ -87,15 +119,7 @@ def load_model(cfg: ModelConfig):
         _check_layout(cfg, model.config)
         return model.eval()
 
-    vision_cfg = (
-        SiglipVisionConfig.from_pretrained(cfg.vision_tower, local_files_only=_local_only(cfg.vision_tower))
-        if cfg.vision_tower
-        else None
-    )
-    text_cfg = Qwen2Config.from_pretrained(cfg.llm, local_files_only=_local_only(cfg.llm)) if cfg.llm else None
-    config = llava_config(cfg.spec, vision_config=vision_cfg, text_config=text_cfg)
-    config._attn_implementation = cfg.attn_implementation
-    setattr(config, LAYOUT_KEY, cfg.video_newline or "one_token")
+    config = model_config(cfg)
     torch.manual_seed(cfg.seed)
     model = Model(config)
     if cfg.vision_tower:

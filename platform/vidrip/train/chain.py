@@ -33,9 +33,18 @@ from vidrip.model.loading import ModelConfig
 from vidrip.runtime import RayConfig
 from vidrip.tracking import TrackingConfig, config_sha, job_run, register_checkpoint, resolve_tracking_uri
 from vidrip.train.loop import StageRunConfig, fit_stage, read_events
+from vidrip.train.memory import GIB, MemoryPlan, default_capacity_gib, memory_plan
 from vidrip.train.stages import StageSpec, default_stages
 
-__all__ = ["StageOutcome", "TrainConfig", "find_stage_run", "new_run_name", "run_stages"]
+__all__ = [
+    "StageOutcome",
+    "TrainConfig",
+    "check_plans",
+    "find_stage_run",
+    "new_run_name",
+    "plan_stages",
+    "run_stages",
+]
 
 log = logging.getLogger(__name__)
 STAGE_TAG = "vidrip.stage"
@@ -58,6 +67,13 @@ class TrainConfig(StrictConfig):
     per_device_batch_size: int = Field(default=1, ge=1)
     max_steps: int = -1
     save_steps: int = Field(default=2, ge=1)
+    gradient_checkpointing: bool = False
+    device_memory_gib: float | None = Field(
+        default=None,
+        gt=0,
+        description="memory each worker has, for the memory plan; None: 80 GiB per GPU, or on CPU this "
+        "machine's memory shared by the workers",
+    )
     max_failures: int = Field(
         default=2, ge=0, description="worker failures a stage survives (resumes from its checkpoint)"
     )
@@ -164,6 +180,42 @@ def _outcome_of(run, stage: int) -> StageOutcome:
     )
 
 
+def plan_stages(cfg: TrainConfig) -> list[MemoryPlan]:
+    """The memory plan of each configured stage, per worker (see :mod:`vidrip.train.memory`)."""
+    plans = []
+    for index in cfg.stages:
+        spec = cfg.spec(index)
+        ds_path = cfg.deepspeed["lora" if spec.uses_lora else "full"]
+        capacity = cfg.device_memory_gib or default_capacity_gib(cfg.use_gpu, cfg.num_workers)
+        plans.append(
+            memory_plan(
+                cfg.model,
+                spec,
+                workers=cfg.num_workers,
+                use_gpu=cfg.use_gpu,
+                deepspeed_config=json.loads(Path(ds_path).read_text()) if ds_path else None,
+                capacity_gib=capacity,
+                per_device_batch_size=cfg.per_device_batch_size,
+                gradient_checkpointing=cfg.gradient_checkpointing,
+            )
+        )
+    return plans
+
+
+def check_plans(plans: list[MemoryPlan]) -> None:
+    """Refuse plans that do not fit, naming the stage and what would help."""
+    bad = [p for p in plans if not p.fits]
+    if bad:
+        worst = ", ".join(
+            f"stage {p.stage}: {p.total_bytes / GIB:.1f} of {p.capacity_bytes / GIB:.1f} GiB" for p in bad
+        )
+        raise ValueError(
+            f"memory plan does not fit ({worst} per worker); try more workers, ZeRO-3, "
+            "gradient_checkpointing=true, fewer frames (stage_overrides.N.frames.max_frames) or device_memory_gib "
+            "(see: vidrip train --dry-run)"
+        )
+
+
 def new_run_name() -> str:
     return time.strftime("train-%Y%m%d-%H%M%S")
 
@@ -174,6 +226,7 @@ def run_stages(cfg: TrainConfig) -> list[StageOutcome]:
     With ``cfg.run_name`` of an earlier run: resume it (see the module docstring)."""
     import mlflow
 
+    check_plans(plan_stages(cfg))
     workdir = Path(cfg.workdir).resolve()
     experiment = f"{cfg.tracking.experiment_prefix}-train"
     name = cfg.run_name or new_run_name()
@@ -232,6 +285,7 @@ def _run_stage(cfg: TrainConfig, index: int, name: str, parent_id: str, experime
         max_steps=cfg.max_steps,
         save_steps=cfg.save_steps,
         max_failures=cfg.max_failures,
+        gradient_checkpointing=cfg.gradient_checkpointing,
         deepspeed=cfg.deepspeed["lora" if spec.uses_lora else "full"],
     )
     sha = config_sha(run_cfg)
