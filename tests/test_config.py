@@ -5,6 +5,7 @@ import pytest
 from vidrip.config import ConfigError, StrictConfig, apply_overrides, load_config
 from vidrip.data.sample.build import SampleConfig
 from vidrip.demo import DemoConfig
+from vidrip.train.bench import BenchTrainConfig
 from vidrip.train.chain import TrainConfig
 
 # Every YAML in the repository, with the schema it is for. A new YAML must be added here.
@@ -13,6 +14,8 @@ SCHEMAS = {
     "jobs/configs/demo.yaml": DemoConfig,
     "jobs/configs/train_tiny.yaml": TrainConfig,
     "jobs/configs/train_ov7b.yaml": TrainConfig,
+    "jobs/configs/bench_train.yaml": BenchTrainConfig,
+    "jobs/configs/bench_train_gpu.yaml": BenchTrainConfig,
 }
 YAML_FOLDERS = ("jobs", "serve_apps", "tune_configs", "cluster")
 

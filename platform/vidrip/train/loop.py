@@ -37,6 +37,7 @@ __all__ = [
     "NON_LORA_FILE",
     "StageResult",
     "StageRunConfig",
+    "build_trainer",
     "fit_stage",
     "read_events",
     "train_func_per_worker",
@@ -145,11 +146,10 @@ def _gradient_accumulation(cfg: StageRunConfig) -> int:
     return max(1, cfg.stage.global_batch_size // per_step)
 
 
-def train_func_per_worker(config: dict) -> None:
-    """Runs on each Ray Train worker: build, freeze, train, report checkpoints."""
-    import ray.train
+def build_trainer(cfg: StageRunConfig, deepspeed: dict | None, rank: int, world_size: int, callbacks=()):
+    """The stage's Hugging Face ``Trainer`` for one worker (rank ``rank`` of ``world_size``): model with its
+    trainable parts, data, optimizer groups, throughput logging; ``callbacks`` run after vidrip's own."""
     import torch
-    from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
     from transformers import Trainer, TrainingArguments
 
     from vidrip.data.dataset import InstructionDataset
@@ -158,7 +158,6 @@ def train_func_per_worker(config: dict) -> None:
     from vidrip.model.loading import load_model, load_processor
     from vidrip.train.trainable import apply_trainable, param_groups
 
-    cfg = StageRunConfig.model_validate(config["run"])
     spec = cfg.stage
     torch.manual_seed(cfg.seed)
     processor = load_processor(cfg.model)
@@ -172,8 +171,7 @@ def train_func_per_worker(config: dict) -> None:
 
     # each rank saves into its own folder (ranks may share a disk); every rank reports its files, and Ray
     # Train gathers them into one checkpoint (model, processor, and each rank's ZeRO optimizer shard)
-    ctx = ray.train.get_context()
-    work = Path(cfg.output_dir).resolve() / "hf" / f"rank{ctx.get_world_rank()}"
+    work = Path(cfg.output_dir).resolve() / "hf" / f"rank{rank}"
     args = TrainingArguments(
         output_dir=str(work),
         per_device_train_batch_size=cfg.per_device_batch_size,
@@ -189,7 +187,7 @@ def train_func_per_worker(config: dict) -> None:
         save_steps=cfg.save_steps,
         save_total_limit=2,
         report_to=[],
-        deepspeed=config["deepspeed"],
+        deepspeed=deepspeed,
         bf16=cfg.use_gpu,
         use_cpu=not cfg.use_gpu,
         remove_unused_columns=False,
@@ -219,18 +217,29 @@ def train_func_per_worker(config: dict) -> None:
             self._last_log = (now, step, tokens)
             super().log(logs, start_time)
 
-    trainer = StageTrainer(
+    return StageTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
         data_collator=Collator(processor, max_length=cfg.max_length),
         processing_class=processor,  # saved with every checkpoint: each one is a complete model folder
-        # in this order: save, then report
-        callbacks=[
-            _events_callback(Path(cfg.output_dir), ctx.get_world_size()),
-            _non_lora_trainables_callback(),
-            RayTrainReportCallback(),
-        ],
+        callbacks=[_events_callback(Path(cfg.output_dir), world_size), _non_lora_trainables_callback(), *callbacks],
+    )
+
+
+def train_func_per_worker(config: dict) -> None:
+    """Runs on each Ray Train worker: build the stage's trainer, train, report checkpoints to Ray Train."""
+    import ray.train
+    from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
+
+    cfg = StageRunConfig.model_validate(config["run"])
+    ctx = ray.train.get_context()
+    trainer = build_trainer(
+        cfg,
+        config["deepspeed"],
+        ctx.get_world_rank(),
+        ctx.get_world_size(),
+        callbacks=[RayTrainReportCallback()],  # after the saving callbacks: save, then report
     )
     trainer = prepare_trainer(trainer)
     checkpoint = ray.train.get_checkpoint()  # set when resuming a run or restarting after a failure

@@ -1,0 +1,42 @@
+"""The training benchmark's own parts: its FLOP count and its single-process baseline (timings are never asserted)."""
+
+import json
+
+import pytest
+
+from vidrip.model.loading import ModelConfig, model_config
+from vidrip.model.presets import PRESETS
+from vidrip.train.bench import BenchTrainConfig, format_results, run_bench, training_flops_per_sample
+
+
+def test_flops_are_six_per_parameter_and_token_plus_attention():
+    config = model_config(ModelConfig(preset="ov-7b"))
+    text = PRESETS["ov-7b"].text
+    h, i, layers, vocab = text["hidden_size"], text["intermediate_size"], text["num_hidden_layers"], text["vocab_size"]
+    kv = h // text["num_attention_heads"] * text["num_key_value_heads"]
+    per_layer = h * h + h + 2 * (h * kv + kv) + h * h + 3 * h * i + 2 * h  # q (bias), k/v (bias), o, MLP, 2 norms
+    llm = layers * per_layer + h + vocab * h  # + final norm + lm_head (embedding lookups are not matmuls)
+    tokens = 6_000
+    text_only = training_flops_per_sample(config, tokens, views=0)
+    assert text_only == 6 * llm * tokens + 12 * layers * h * tokens**2
+    assert 6.5e9 < llm < 7.7e9  # Qwen2-7B without its input embeddings
+    per_frame = training_flops_per_sample(config, tokens, views=1) - text_only
+    assert per_frame > 6 * 400e6 * 729  # SigLIP-so400m over 729 patches, plus attention and projector
+
+
+@pytest.mark.integration
+def test_the_single_process_baseline_runs_and_reports(tmp_path, sample_dir, tracking, repo):
+    cfg = BenchTrainConfig(
+        workdir=str(tmp_path),
+        sample={"out": str(sample_dir)},
+        steps=3,
+        warmup_steps=1,
+        modes=["single"],
+        deepspeed=str(repo / "jobs/configs/deepspeed/zero2.json"),
+        tracking=tracking,
+    )
+    out = run_bench(cfg)
+    single = out["results"]["single"]
+    assert single["steps_measured"] == 2 and single["samples_per_second"] > 0 and single["tokens_per_second"] > 0
+    assert json.loads((tmp_path / "bench_train.json").read_text())["results"] == out["results"]
+    assert format_results(out).splitlines()[1].startswith("single          1")
