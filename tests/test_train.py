@@ -173,8 +173,9 @@ def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list[int]) -> t
     return thread
 
 
-def _stage0_run(sample_dir, tmp_path, repo, **update) -> StageRunConfig:
-    spec = default_stage(0).model_copy(update={"global_batch_size": 2})
+def _stage_run(index, sample_dir, tmp_path, repo, spec_update=None, **update) -> StageRunConfig:
+    """Stage ``index`` on the sample with a global batch of 2, 2 workers, ZeRO-2."""
+    spec = default_stage(index).model_copy(update={"global_batch_size": 2, **(spec_update or {})})
     fields = dict(
         stage=spec,
         data_root=str(sample_dir),
@@ -194,7 +195,7 @@ def _logged_steps(checkpoint: str) -> list[int]:
 
 @pytest.mark.integration
 def test_a_killed_worker_is_replaced_and_the_stage_resumes_from_its_checkpoint(ray_client, sample_dir, tmp_path, repo):
-    cfg = _stage0_run(sample_dir, tmp_path, repo, max_failures=1)
+    cfg = _stage_run(0, sample_dir, tmp_path, repo, max_failures=1)
     killed: list[int] = []
     killer = _kill_a_worker_after_first_checkpoint(cfg.storage_path / cfg.run_name, killed)
     result = fit_stage(cfg)
@@ -252,17 +253,20 @@ def test_a_crashed_training_run_resumes_when_rerun_with_its_name(ray_client, sam
 
 @pytest.mark.integration
 def test_the_loss_falls_over_a_stage(ray_client, sample_dir, tmp_path, repo):
-    """Stage 1 (everything trains) for 12 steps on the sample's image instructions, 2 workers, ZeRO-2."""
-    spec = default_stage(1).model_copy(update={"lr": 1e-3, "vision_lr": 1e-3, "global_batch_size": 2})
+    """Stage 1 (everything trains) for 12 steps on the sample's image instructions, 2 workers, ZeRO-2,
+    gradient checkpointing on."""
+    fast = {"lr": 1e-3, "vision_lr": 1e-3}
     result = fit_stage(
-        StageRunConfig(
-            stage=spec,
-            data_root=str(sample_dir),
-            output_dir=str(tmp_path / "out"),
+        _stage_run(
+            1,
+            sample_dir,
+            tmp_path,
+            repo,
+            fast,
             run_name="loss-falls",
             max_steps=12,
             save_steps=12,
-            deepspeed=str(repo / "jobs/configs/deepspeed/zero2.json"),
+            gradient_checkpointing=True,
         )
     )
     state = json.loads((Path(result.checkpoint) / "checkpoint" / "trainer_state.json").read_text())
