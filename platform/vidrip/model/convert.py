@@ -262,9 +262,10 @@ def convert_llava_next(checkpoint: str | Path, out: str | Path, base: str | Path
     config = _hf_config(llava, shapes, config_path)
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in LlavaOnevisionForConditionalGeneration(config).state_dict().items()}
-    if config.tie_word_embeddings:
+    if config.tie_word_embeddings:  # the embeddings are the output layer
         expected.pop("lm_head.weight")
         shapes.pop("lm_head.weight", None)
+        overrides.pop("lm_head.weight", None)
     have = {**shapes, **{k: tuple(v.shape) for k, v in overrides.items()}}
     missing, unexpected = sorted(set(expected) - set(have)), sorted(set(have) - set(expected))
     wrong = sorted(k for k in set(expected) & set(have) if expected[k] != have[k])
@@ -284,15 +285,13 @@ def convert_llava_next(checkpoint: str | Path, out: str | Path, base: str | Path
     for i, tensors in enumerate(_converted(files)):
         if config.tie_word_embeddings:
             tensors.pop("lm_head.weight", None)
-        for key in list(tensors):
-            if key in pending:
-                tensors[key] = pending.pop(key)
-            if key in deltas:
-                a, b = deltas[key]
-                w = tensors[key]
-                tensors[key] = (w.float() + scale * (b.float() @ a.float())).to(w.dtype)
+        tensors.update({key: pending.pop(key) for key in list(tensors) if key in pending})  # trained in full
         if i == len(files) - 1:
             tensors.update(pending)  # trained parts the base's files did not hold
+        for key in tensors.keys() & deltas.keys():  # LoRA, on top of whatever the base weight now is
+            a, b = deltas[key]
+            w = tensors[key]
+            tensors[key] = (w.float() + scale * (b.float() @ a.float())).to(w.dtype)
         name = "model.safetensors" if len(files) == 1 else f"model-{i + 1:05d}-of-{len(files):05d}.safetensors"
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / name), metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(tensors, name))
