@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 from vidrip.config import StrictConfig
 from vidrip.data.schema import InstructionRecord, load_records
 
-__all__ = ["DataSource", "mixture_records"]
+__all__ = ["DataSource", "mixture_records", "split_records"]
 
 
 class DataSource(StrictConfig):
@@ -68,3 +68,16 @@ def mixture_records(
         loaded = load_records(Path(data_root) / src.file, InstructionRecord, media_root=data_root, on_error=on_error)
         out.extend(_sample(loaded.records, src, rng))
     return out
+
+
+def split_records(
+    records: list[InstructionRecord], fraction: float, seed: int = 0
+) -> tuple[list[InstructionRecord], list[InstructionRecord]]:
+    """``(train, held_out)``: a seeded ``fraction`` of the records (at least one) held out for validation."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"eval_fraction: {fraction} must be between 0 and 1")
+    if len(records) < 2:
+        raise ValueError(f"eval_fraction: {len(records)} record(s) cannot be split into training and validation")
+    n = min(len(records) - 1, max(1, round(len(records) * fraction)))
+    held = set(np.random.default_rng(seed).choice(len(records), size=n, replace=False).tolist())
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]

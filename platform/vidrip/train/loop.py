@@ -63,6 +63,12 @@ class StageRunConfig(StrictConfig):
     gradient_checkpointing: bool = False
     max_length: int | None = Field(default=None, ge=16)
     max_failures: int = Field(default=2, ge=0)
+    eval_fraction: float = Field(
+        default=0.0, ge=0, lt=1, description="held out for validation (eval_loss at every save); 0: none"
+    )
+    keep_best_by: str | None = Field(
+        default=None, description="keep the checkpoints best by this metric (lowest), not the latest"
+    )
     seed: int = 0
 
     @property
@@ -153,7 +159,7 @@ def build_trainer(cfg: StageRunConfig, deepspeed: dict | None, rank: int, world_
     from transformers import Trainer, TrainingArguments
 
     from vidrip.data.dataset import InstructionDataset
-    from vidrip.data.mixture import mixture_records
+    from vidrip.data.mixture import mixture_records, split_records
     from vidrip.model.collate import Collator
     from vidrip.model.loading import load_model, load_processor
     from vidrip.train.trainable import apply_trainable, param_groups
@@ -167,7 +173,12 @@ def build_trainer(cfg: StageRunConfig, deepspeed: dict | None, rank: int, world_
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     records = mixture_records(spec.data, cfg.data_root, seed=cfg.seed)
-    dataset = InstructionDataset(records, cfg.data_root, frames=spec.frames, size=cfg.model.spec.image_size)
+    held_out = []
+    if cfg.eval_fraction > 0:
+        records, held_out = split_records(records, cfg.eval_fraction, seed=cfg.seed)
+    size = cfg.model.spec.image_size
+    dataset = InstructionDataset(records, cfg.data_root, frames=spec.frames, size=size)
+    eval_dataset = InstructionDataset(held_out, cfg.data_root, frames=spec.frames, size=size) if held_out else None
 
     # each rank saves into its own folder (ranks may share a disk); every rank reports its files, and Ray
     # Train gathers them into one checkpoint (model, processor, and each rank's ZeRO optimizer shard)
@@ -186,6 +197,9 @@ def build_trainer(cfg: StageRunConfig, deepspeed: dict | None, rank: int, world_
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=2,
+        eval_strategy="steps" if eval_dataset is not None else "no",
+        eval_steps=cfg.save_steps,  # evaluated just before each save: every checkpoint carries its eval_loss
+        per_device_eval_batch_size=cfg.per_device_batch_size,
         report_to=[],
         deepspeed=deepspeed,
         bf16=cfg.use_gpu,
@@ -221,6 +235,7 @@ def build_trainer(cfg: StageRunConfig, deepspeed: dict | None, rank: int, world_
         model=model,
         args=args,
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         data_collator=Collator(processor, max_length=cfg.max_length),
         processing_class=processor,  # saved with every checkpoint: each one is a complete model folder
         callbacks=[_events_callback(Path(cfg.output_dir), world_size), _non_lora_trainables_callback(), *callbacks],
@@ -256,8 +271,9 @@ class StageResult(StrictConfig):
     global_step: int
 
 
-def fit_stage(cfg: StageRunConfig) -> StageResult:
-    """Run one stage on the connected Ray cluster; returns its last checkpoint and metrics."""
+def fit_stage(cfg: StageRunConfig, callbacks=()) -> StageResult:
+    """Run one stage on the connected Ray cluster; returns its last checkpoint and metrics.
+    ``callbacks``: Ray Train callbacks (a sweep's trial passes Tune's ``TuneReportCallback``)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -277,7 +293,12 @@ def fit_stage(cfg: StageRunConfig) -> StageResult:
             name=cfg.run_name,
             storage_path=str(cfg.storage_path),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=2,
+                checkpoint_score_attribute=cfg.keep_best_by,
+                checkpoint_score_order="min",
+            ),
+            callbacks=list(callbacks),
         ),
     )
     result = trainer.fit()
