@@ -5,6 +5,7 @@ import pytest
 from vidrip.config import ConfigError, StrictConfig, apply_overrides, load_config
 from vidrip.data.sample.build import SampleConfig
 from vidrip.demo import DemoConfig
+from vidrip.sweep.run import SweepConfig
 from vidrip.train.bench import BenchTrainConfig
 from vidrip.train.chain import TrainConfig
 
@@ -16,6 +17,8 @@ SCHEMAS = {
     "jobs/configs/train_ov7b.yaml": TrainConfig,
     "jobs/configs/bench_train.yaml": BenchTrainConfig,
     "jobs/configs/bench_train_gpu.yaml": BenchTrainConfig,
+    "tune_configs/lora_sweep_tiny.yaml": SweepConfig,
+    "tune_configs/lora_sweep_7b.yaml": SweepConfig,
 }
 YAML_FOLDERS = ("jobs", "serve_apps", "tune_configs", "cluster")
 

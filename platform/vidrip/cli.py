@@ -6,9 +6,10 @@
     vidrip train [--stages 0-3]                       training stages on Ray Train + DeepSpeed
     vidrip merge --checkpoint DIR --out DIR          fold a stage-3 LoRA adapter into the model
     vidrip convert --checkpoint DIR --out DIR        a LLaVA-NeXT llava_qwen checkpoint (ViDRiP's) to Hugging Face
+    vidrip tune --config tune_configs/lora_sweep_tiny.yaml   LoRA sweep of stage 3 on Ray Tune
     vidrip head [workdir=work]                        a Ray head on 127.0.0.1 for `ray job submit`
     vidrip ui [--workdir work] [--port 5000]          MLflow UI on 127.0.0.1
-    vidrip curate | train | tune | serve | eval       later steps of the pipeline
+    vidrip curate | serve | eval                      later steps of the pipeline
 
 Every job takes ``--config FILE`` (YAML) and ``key=value`` overrides (dotted keys for sections).
 Research use only, not for clinical decisions.
@@ -21,6 +22,7 @@ import contextlib
 import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from vidrip.config import ConfigError, load_config
@@ -30,7 +32,6 @@ __all__ = ["main"]
 
 PLANNED = {
     "curate": "curate raw teaching videos into clips and instruction JSON (Ray Data)",
-    "tune": "sweep LoRA rank x learning rate on stage 3 (Ray Tune)",
     "serve": "serve an OpenAI-compatible endpoint that takes videos (Ray Serve)",
     "eval": "score models with the Video-ChatGPT judge metrics",
 }
@@ -85,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="LLaVA-NeXT folder: config.json + weights, or a LoRA folder")
     p.add_argument("--base", help="for a LoRA folder: its base model's folder (default: the adapter's recorded base)")
     p.add_argument("--out", required=True, help="folder for the Hugging Face checkpoint")
+
+    p = sub.add_parser("tune", help="sweep LoRA rank x learning rate on stage 3 (Ray Tune, ASHA), promote the best")
+    _add_config_args(p, "tune_configs/lora_sweep_tiny.yaml")
 
     p = sub.add_parser("head", help="keep a Ray head up on 127.0.0.1 for `ray job submit` (Ctrl-C stops it)")
     _add_config_args(p, None)
@@ -205,6 +209,30 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+def _cmd_tune(args) -> int:
+    from vidrip.runtime import ray_session
+    from vidrip.sweep.run import SweepConfig, run_sweep
+
+    cfg = load_config(SweepConfig, args.config, args.overrides)
+    if cfg.name is None:
+        cfg = cfg.model_copy(update={"name": time.strftime("sweep-%Y%m%d-%H%M%S")})
+    print(f"sweep {cfg.name} (if interrupted, rerun with name={cfg.name} to resume)", flush=True)
+    with ray_session(cfg.ray, Path(cfg.workdir).resolve()):
+        result = run_sweep(cfg)
+    print(f"\n{result.table}")
+    stopped = sum(r.status == "stopped early" for r in result.rows)
+    failed = sum(r.status == "failed" for r in result.rows)
+    print(f"\n{len(result.rows)} trials: {stopped} stopped early by ASHA, {failed} failed; {result.seconds:.0f} s")
+    if result.best is not None:
+        print(
+            f"best: {result.best.trial} (val loss {result.best.best_eval_loss:.4f}) -> "
+            f"{cfg.registered_model} version {result.registered_version}, alias '{cfg.alias}'"
+        )
+    print(f"table: {result.table_path}\nplot:  {result.plot_path}")
+    print(f"MLflow: experiment {cfg.tracking.experiment_prefix}-tune; browse with: vidrip ui --workdir {cfg.workdir}")
+    return 0 if result.best is not None else 1
+
+
 def _cmd_head(args) -> int:
     import shlex
     import signal
@@ -253,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": _cmd_train,
         "merge": _cmd_merge,
         "convert": _cmd_convert,
+        "tune": _cmd_tune,
         "ui": _cmd_ui,
     }
     try:

@@ -1,0 +1,407 @@
+"""A LoRA sweep on Ray Tune: stage 3 trained once per trial (a real Ray Train run), the best adapter promoted.
+
+Run as::
+
+    vidrip tune --config tune_configs/lora_sweep_tiny.yaml [name=my-sweep asha.grace_period=2]
+    python jobs/tune.py --config tune_configs/lora_sweep_tiny.yaml
+    ray job submit --working-dir . -- python jobs/tune.py --config tune_configs/lora_sweep_7b.yaml ray.address=auto
+
+Each trial is a Tune function that builds and fits a ``TorchTrainer`` for stage 3 with the trial's
+values (the Ray Train V2 pattern), holding out ``eval_fraction`` of the stage's data; every
+``eval_every`` steps the trial evaluates, saves, and Ray Train's ``TuneReportCallback`` hands
+``eval_loss`` to Tune, where ASHA stops the trials that fall behind. Trials run side by side as far as
+the cluster allows: ``max_concurrent_trials`` is the number of trial-sized slices (the trial's workers,
+plus a sliver of CPU for the trial driver) that fit in the cluster's CPUs and GPUs, at least one.
+
+Stage 3 starts from ``model.checkpoint`` when set, else from the newest FINISHED stage-2 run in MLflow.
+A failing trial is recorded as failed and the sweep goes on. A sweep has a name (``name``; a new
+``sweep-<time>`` when unset): rerunning with the same name restores the Tune experiment and finishes
+what was unfinished (each unfinished trial resumes from its own last checkpoint).
+
+In MLflow: a parent run for the sweep, a nested run per trial (params, eval and training loss history,
+steps run, stopped early or not, its checkpoint), the results table (CSV) and a plot (PNG: validation
+loss against each searched field) as artifacts; the best trial's adapter becomes a version of
+``registered_model`` with the alias ``champion``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from vidrip.config import StrictConfig
+from vidrip.model.loading import ModelConfig
+from vidrip.runtime import RayConfig
+from vidrip.sweep.space import Dimension, apply_params, tune_space
+from vidrip.tracking import TrackingConfig
+from vidrip.train.loop import StageRunConfig
+from vidrip.train.stages import StageSpec, default_stage
+
+__all__ = ["AshaConfig", "SweepConfig", "SweepResult", "TrialRow", "max_concurrent_trials", "run_sweep"]
+
+log = logging.getLogger(__name__)
+TRIAL_DRIVER_CPUS = 0.05  # the trial function only waits on its TorchTrainer (whose controller takes no CPU)
+SWEEP_TAG = "vidrip.sweep"
+TRIAL_TAG = "vidrip.trial_id"
+METRIC = "eval_loss"
+
+
+class AshaConfig(StrictConfig):
+    """ASHA early stopping on validation loss; one time unit is one evaluation (``eval_every`` steps)."""
+
+    grace_period: int = Field(default=1, ge=1, description="evaluations every trial gets before it can be stopped")
+    reduction_factor: float = Field(default=2.0, gt=1)
+
+
+class SweepConfig(StrictConfig):
+    """What to search, on what, with how much of the cluster (see the module docstring)."""
+
+    workdir: str = "work"
+    data_root: str = "work/sample"
+    name: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="None: 'sweep-<time>'; reuse to resume"
+    )
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    stage_overrides: dict[str, Any] = Field(default_factory=dict, description="onto the paper's stage 3, all trials")
+    space: dict[str, Dimension] = Field(min_length=1)
+    search: Literal["grid", "optuna"] = "grid"
+    num_samples: int = Field(default=1, ge=1, description="samples of the space (grid: repeats of the grid)")
+    seed: int = 0
+    max_steps: int = Field(default=6, ge=1)
+    eval_every: int = Field(default=2, ge=1, description="steps between evaluations, checkpoints and reports")
+    eval_fraction: float = Field(default=0.25, gt=0, lt=1)
+    asha: AshaConfig | None = Field(default_factory=AshaConfig, description="None: no early stopping")
+    num_workers: int = Field(default=1, ge=1, description="Ray Train workers per trial")
+    cpus_per_worker: float = Field(default=0.95, gt=0)
+    use_gpu: bool = False
+    per_device_batch_size: int = Field(default=1, ge=1)
+    deepspeed: str | None = "jobs/configs/deepspeed/zero3.json"
+    max_concurrent_trials: int | None = Field(default=None, ge=1, description="None: as many as the cluster fits")
+    registered_model: str = "vidrip-video"
+    alias: str = "champion"
+    ray: RayConfig = Field(default_factory=RayConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _space_fits_stage3(self) -> SweepConfig:
+        base = self.stage().model_dump()
+        for key, dim in self.space.items():
+            first = dim.grid or dim.choice or [dim.loguniform[0] if dim.loguniform else dim.uniform[0]]
+            try:
+                StageSpec.model_validate(apply_params(base, {key: first[0]}))
+            except KeyError as exc:
+                raise ValueError(exc.args[0]) from None
+        return self
+
+    def stage(self) -> StageSpec:
+        """Stage 3 as every trial starts: the paper's defaults with ``stage_overrides``."""
+        base = default_stage(3).model_dump()
+        try:
+            merged = apply_params(base, {k: v for k, v in _dotted(self.stage_overrides).items()})
+        except KeyError as exc:
+            raise ValueError(exc.args[0].replace("space.", "stage_overrides.")) from None
+        return StageSpec.model_validate(merged)
+
+
+def _dotted(data: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+class TrialRow(StrictConfig):
+    trial: str
+    params: dict[str, Any]
+    status: Literal["finished", "stopped early", "failed"]
+    best_eval_loss: float | None
+    steps: int
+    checkpoint: str | None  # the trial's best kept checkpoint (Hugging Face folder)
+    history: list[dict[str, float]]
+    error: str | None = None
+
+
+class SweepResult(StrictConfig):
+    name: str
+    rows: list[TrialRow]
+    best: TrialRow | None
+    run_id: str
+    registered_version: str | None
+    table: str  # the results as aligned text, best first
+    table_path: str
+    plot_path: str
+    seconds: float
+
+
+def max_concurrent_trials(cfg: SweepConfig, resources: dict[str, float]) -> int:
+    """How many trials fit in ``resources`` (``ray.cluster_resources()``) at once, at least one."""
+    per_trial_cpu = TRIAL_DRIVER_CPUS + cfg.num_workers * cfg.cpus_per_worker
+    fits = math.floor(resources.get("CPU", 0) / per_trial_cpu + 1e-9)
+    if cfg.use_gpu:
+        fits = min(fits, math.floor(resources.get("GPU", 0) / cfg.num_workers))
+    return max(1, fits)
+
+
+def _trial(config: dict) -> None:
+    """One trial, on a Tune worker: stage 3 with this trial's values, reporting to Tune through Ray Train."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from vidrip.train.loop import fit_stage
+
+    base = StageRunConfig.model_validate(config["run"])
+    spec = StageSpec.model_validate(apply_params(base.stage.model_dump(), config["params"]))
+    trial_id = ray.tune.get_context().get_trial_id()
+    run = base.model_copy(
+        update={
+            "stage": spec,
+            "run_name": f"{base.run_name}-{trial_id}",
+            "output_dir": str(Path(base.output_dir) / trial_id),
+        }
+    )
+    fit_stage(run, callbacks=[TuneReportCallback()])
+
+
+def _init_checkpoint(cfg: SweepConfig) -> tuple[str, str | None]:
+    """Stage 3's starting checkpoint and the MLflow run it came from (None: given in the config)."""
+    from vidrip.train.chain import CHECKPOINT_TAG, find_stage_run
+
+    if cfg.model.checkpoint is not None:
+        return cfg.model.checkpoint, None
+    init = find_stage_run(2, None, f"{cfg.tracking.experiment_prefix}-train")
+    if init is None:
+        raise RuntimeError(
+            "the sweep starts stage 3 from stage 2, but MLflow has no FINISHED stage-2 run with a checkpoint: "
+            "train it first (vidrip train --stages 0-2) or set model.checkpoint"
+        )
+    return init.data.tags[CHECKPOINT_TAG], init.info.run_id
+
+
+def _base_run(cfg: SweepConfig, name: str, checkpoint: str) -> StageRunConfig:
+    return StageRunConfig(
+        stage=cfg.stage(),
+        model=cfg.model.model_copy(update={"checkpoint": checkpoint}),
+        data_root=str(Path(cfg.data_root).resolve()),
+        output_dir=str(Path(cfg.workdir).resolve() / "tune" / name / "trials"),
+        run_name=name,
+        num_workers=cfg.num_workers,
+        use_gpu=cfg.use_gpu,
+        cpus_per_worker=cfg.cpus_per_worker,
+        per_device_batch_size=cfg.per_device_batch_size,
+        max_steps=cfg.max_steps,
+        save_steps=cfg.eval_every,
+        deepspeed=str(Path(cfg.deepspeed).resolve()) if cfg.deepspeed else None,
+        eval_fraction=cfg.eval_fraction,
+        keep_best_by=METRIC,
+        max_failures=0,
+        seed=cfg.seed,
+    )
+
+
+def _tuner(cfg: SweepConfig, name: str, base: StageRunConfig, concurrency: int):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    trainable = tune.with_resources(_trial, {"CPU": TRIAL_DRIVER_CPUS})
+    path = Path(cfg.workdir).resolve() / "tune" / name / "tune"
+    if tune.Tuner.can_restore(str(path / name)):
+        log.info("sweep %s: restoring the Tune experiment in %s", name, path / name)
+        return tune.Tuner.restore(str(path / name), trainable=trainable, resume_unfinished=True, resume_errored=False)
+    search_alg = None
+    if cfg.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(seed=cfg.seed)
+    scheduler = None
+    if cfg.asha is not None:
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=max(1, cfg.max_steps // cfg.eval_every),
+            grace_period=cfg.asha.grace_period,
+            reduction_factor=cfg.asha.reduction_factor,
+        )
+    return tune.Tuner(
+        trainable,
+        param_space={"run": base.model_dump(mode="json"), "params": tune_space(cfg.space, cfg.search)},
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode="min",
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=cfg.num_samples,
+            max_concurrent_trials=concurrency,
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(path), failure_config=tune.FailureConfig(max_failures=0), verbose=1
+        ),
+    )
+
+
+def _row(result, cfg: SweepConfig) -> TrialRow:
+    frame = result.metrics_dataframe
+    history: list[dict[str, float]] = []
+    best_loss, checkpoint, steps = None, None, 0
+    if frame is not None and len(frame):
+        for _, rec in frame.iterrows():
+            entry = {k: float(rec[k]) for k in ("step", METRIC, "loss") if k in rec and rec[k] == rec[k]}
+            history.append(entry)
+            steps = max(steps, int(entry.get("step", 0)))
+            has_checkpoint = isinstance(rec.get("checkpoint_path"), str)
+            if METRIC in entry and has_checkpoint and (best_loss is None or entry[METRIC] < best_loss):
+                best_loss, checkpoint = entry[METRIC], str(Path(rec["checkpoint_path"]) / "checkpoint")
+    if result.error is not None:
+        status = "failed"
+    elif steps < cfg.max_steps:
+        status = "stopped early"
+    else:
+        status = "finished"
+    config = result.config  # a restored experiment's errored trials have only their params.json
+    if config is None:
+        config = json.loads((Path(result.path) / "params.json").read_text())
+    match = re.search(r"_([0-9a-f]{5}_\d{5})_", Path(result.path).name)  # Tune's trial id, stable across restores
+    return TrialRow(
+        trial=match.group(1) if match else Path(result.path).name,
+        params=dict(config.get("params", {})),
+        status=status,
+        best_eval_loss=best_loss,
+        steps=steps,
+        checkpoint=checkpoint,
+        history=history,
+        error=None if result.error is None else str(result.error).strip()[-600:],  # the end names the cause
+    )
+
+
+def run_sweep(cfg: SweepConfig) -> SweepResult:
+    """Run (or resume) the sweep on the connected Ray cluster; track it; promote the best adapter."""
+    import mlflow
+    import ray
+
+    from vidrip.sweep.report import plot_sweep, results_table
+    from vidrip.tracking import job_run, register_checkpoint, resolve_tracking_uri
+
+    start = time.perf_counter()
+    workdir = Path(cfg.workdir).resolve()
+    name = cfg.name or time.strftime("sweep-%Y%m%d-%H%M%S")
+    mlflow.set_tracking_uri(resolve_tracking_uri(cfg.tracking, workdir))
+    checkpoint, init_run = _init_checkpoint(cfg)
+    base = _base_run(cfg, name, checkpoint)
+    concurrency = cfg.max_concurrent_trials or max_concurrent_trials(cfg, ray.cluster_resources())
+    experiment = f"{cfg.tracking.experiment_prefix}-tune"
+    earlier = _find_runs(experiment, f"tags.`{SWEEP_TAG}` = '{name}'")  # the sweep's parent run, if resumed
+    out_dir = workdir / "tune" / name
+    with job_run(
+        "tune",
+        cfg,
+        tracking=cfg.tracking,
+        workdir=workdir,
+        dataset=cfg.data_root,
+        run_name=name,
+        resume_run_id=earlier[0].info.run_id if earlier else None,
+    ) as parent:
+        mlflow.set_tags(
+            {
+                SWEEP_TAG: name,
+                "vidrip.init_from_run": init_run or "model.checkpoint",
+                "vidrip.concurrent_trials": str(concurrency),
+            }
+        )
+        log.info("sweep %s: up to %d trial(s) at once; results in %s", name, concurrency, out_dir)
+        grid = _tuner(cfg, name, base, concurrency).fit()
+        rows = sorted((_row(r, cfg) for r in grid), key=lambda r: r.trial)
+        logged = {r.data.tags[TRIAL_TAG]: r.info.run_id for r in _trial_runs(experiment, parent.info.run_id)}
+        run_ids = {row.trial: logged.get(row.trial) or _log_trial(row, parent) for row in rows}
+        keys = list(cfg.space)
+        table_path = out_dir / "results.csv"
+        table = results_table(rows, keys, table_path)
+        plot_path = plot_sweep(rows, keys, out_dir / "sweep.png")
+        mlflow.log_artifact(str(table_path))
+        mlflow.log_artifact(str(plot_path))
+        done = [r for r in rows if r.best_eval_loss is not None and r.checkpoint is not None]
+        best = min(done, key=lambda r: r.best_eval_loss) if done else None
+        version = None
+        if best is not None:
+            mlflow.log_metric("best_eval_loss", best.best_eval_loss)
+            mlflow.set_tags({"vidrip.best_trial": best.trial, "vidrip.best_checkpoint": best.checkpoint})
+            client = mlflow.MlflowClient()
+            query = f"name = '{cfg.registered_model}' and run_id = '{run_ids[best.trial]}'"
+            known = [v for v in client.search_model_versions(query) if v.source == best.checkpoint]  # a rerun
+            registered = (
+                known[0]
+                if known
+                else register_checkpoint(
+                    cfg.registered_model,
+                    best.checkpoint,
+                    run_ids[best.trial],
+                    tags={SWEEP_TAG: name, TRIAL_TAG: best.trial},
+                )
+            )
+            client.set_registered_model_alias(cfg.registered_model, cfg.alias, registered.version)
+            version = str(registered.version)
+        log.info("sweep %s:\n%s", name, table)
+    return SweepResult(
+        name=name,
+        rows=rows,
+        best=best,
+        run_id=parent.info.run_id,
+        registered_version=version,
+        table=table,
+        table_path=str(table_path),
+        plot_path=str(plot_path),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _find_runs(experiment: str, query: str) -> list:
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return mlflow.search_runs(
+        [exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], output_format="list"
+    )
+
+
+def _trial_runs(experiment: str, parent_id: str) -> list:
+    runs = _find_runs(experiment, f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    return [r for r in runs if TRIAL_TAG in r.data.tags]
+
+
+def _log_trial(row: TrialRow, parent) -> str:
+    """The trial as an MLflow run nested under the sweep, ended FINISHED or FAILED (never left RUNNING)."""
+    import mlflow
+
+    from vidrip.tracking import flatten
+
+    run = mlflow.start_run(
+        experiment_id=parent.info.experiment_id,
+        run_name=row.trial,
+        nested=True,
+        parent_run_id=parent.info.run_id,
+        tags={TRIAL_TAG: row.trial, "vidrip.trial_status": row.status},
+    )
+    try:
+        mlflow.log_params(flatten(row.params))
+        for entry in row.history:
+            step = int(entry.get("step", 0))
+            mlflow.log_metrics({k: v for k, v in entry.items() if k != "step"}, step=step)
+        mlflow.log_metric("steps", row.steps)
+        if row.best_eval_loss is not None:
+            mlflow.log_metric("best_eval_loss", row.best_eval_loss)
+        if row.checkpoint:
+            mlflow.set_tag("vidrip.checkpoint", row.checkpoint)
+        if row.error:
+            mlflow.set_tag("vidrip.error", row.error)
+    finally:
+        mlflow.end_run(status="FAILED" if row.status == "failed" else "FINISHED")
+    return run.info.run_id
