@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-ALL = ["sample", "curate", "train", "tune", "serve", "eval", "demo", "ui", "head", "validate"]
+ALL = ["sample", "curate", "train", "tune", "merge", "convert", "serve", "eval", "demo", "ui", "head", "validate"]
 
 
 def _vidrip(venv_bin, *args):
@@ -19,7 +19,7 @@ def test_help_lists_every_subcommand(venv_bin):
     assert "Research use only, not for clinical decisions" in " ".join(out.stdout.split())
 
 
-@pytest.mark.parametrize("cmd", ["curate", "tune", "serve", "eval"])
+@pytest.mark.parametrize("cmd", ["curate", "serve", "eval"])
 def test_later_steps_say_not_yet_available(venv_bin, cmd):
     out = _vidrip(venv_bin, cmd)
     assert out.returncode == 2
@@ -38,3 +38,16 @@ def test_config_error_is_a_clear_message_not_a_traceback(venv_bin, tmp_path):
 def test_sample_help_shows_options(venv_bin):
     out = _vidrip(venv_bin, "sample", "--help")
     assert "--out" in out.stdout and "--seed" in out.stdout and "key=value" in out.stdout
+
+
+def test_tune_without_a_stage2_checkpoint_says_so_before_starting_ray(venv_bin, tmp_path, repo):
+    out = subprocess.run(
+        [venv_bin / "vidrip", "tune", "--config", "tune_configs/lora_sweep_tiny.yaml", f"workdir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=repo,
+    )
+    assert out.returncode == 1
+    assert "no FINISHED stage-2 run with a checkpoint" in out.stderr and "vidrip train --stages 0-2" in out.stderr
+    assert not (tmp_path / "ray").exists()  # no Ray head was started

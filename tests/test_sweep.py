@@ -61,9 +61,11 @@ def test_a_sweep_stops_trials_early_survives_failures_and_promotes_the_best(
         data_root=str(sample_dir),
         name="test-sweep",
         stage_overrides={"global_batch_size": 2},
-        space={"lora.rank": {"grid": [4, 8, 0]}, "lr": {"grid": [1e-5, 3e-3]}},  # rank 0: two trials that fail
-        max_steps=6,
-        eval_every=2,
+        # rank varies fastest: the two 3e-3 trials run first and set the bar that the 1e-5 ones fall below at
+        # their first evaluation, after 4 steps (ASHA stops them there); rank 0 makes two trials fail
+        space={"lora.rank": {"grid": [4, 8, 0]}, "lr": {"grid": [3e-3, 1e-5]}},
+        max_steps=8,
+        eval_every=4,
         eval_fraction=0.5,
         deepspeed=str(repo / "jobs/configs/deepspeed/zero3.json"),
         tracking=tracking,
@@ -73,8 +75,9 @@ def test_a_sweep_stops_trials_early_survives_failures_and_promotes_the_best(
     statuses = sorted(r.status for r in result.rows)
     assert len(result.rows) == 6 and statuses.count("failed") == 2
     assert all(r.params["lora.rank"] == 0 and "rank" in r.error for r in result.rows if r.status == "failed")
-    assert "stopped early" in statuses  # ASHA cut at least one trial short
-    assert all(r.steps == 6 for r in result.rows if r.status == "finished")
+    slow = [r for r in result.rows if r.params["lr"] == 1e-5 and r.status != "failed"]
+    assert len(slow) == 2 and all(r.status == "stopped early" and r.steps == 4 for r in slow)  # cut short by ASHA
+    assert all(r.steps == 8 for r in result.rows if r.status == "finished")
     scored = [r for r in result.rows if r.best_eval_loss is not None]
     assert len(scored) == 4 and result.best == min(scored, key=lambda r: r.best_eval_loss)
 
@@ -93,7 +96,7 @@ def test_a_sweep_stops_trials_early_survives_failures_and_promotes_the_best(
     best_run = client.get_run(champion.run_id)
     assert best_run.data.params["lora.rank"] == str(result.best.params["lora.rank"])
     evals = sorted(m.step for m in client.get_metric_history(best_run.info.run_id, "eval_loss"))
-    assert evals == list(range(2, result.best.steps + 1, 2))  # one evaluation every eval_every steps
+    assert evals == list(range(4, result.best.steps + 1, 4))  # one evaluation every eval_every steps
     running = client.search_runs([parent.info.experiment_id], filter_string="attributes.status = 'RUNNING'")
     assert not running
 

@@ -211,9 +211,10 @@ def _cmd_convert(args) -> int:
 
 def _cmd_tune(args) -> int:
     from vidrip.runtime import ray_session
-    from vidrip.sweep.run import SweepConfig, run_sweep
+    from vidrip.sweep.run import SweepConfig, init_checkpoint, run_sweep
 
     cfg = load_config(SweepConfig, args.config, args.overrides)
+    init_checkpoint(cfg)  # before starting Ray: no stage-2 checkpoint, no sweep
     if cfg.name is None:
         cfg = cfg.model_copy(update={"name": time.strftime("sweep-%Y%m%d-%H%M%S")})
     print(f"sweep {cfg.name} (if interrupted, rerun with name={cfg.name} to resume)", flush=True)

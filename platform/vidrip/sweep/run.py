@@ -44,7 +44,15 @@ from vidrip.tracking import TrackingConfig
 from vidrip.train.loop import StageRunConfig
 from vidrip.train.stages import StageSpec, default_stage
 
-__all__ = ["AshaConfig", "SweepConfig", "SweepResult", "TrialRow", "max_concurrent_trials", "run_sweep"]
+__all__ = [
+    "AshaConfig",
+    "SweepConfig",
+    "SweepResult",
+    "TrialRow",
+    "init_checkpoint",
+    "max_concurrent_trials",
+    "run_sweep",
+]
 
 log = logging.getLogger(__name__)
 TRIAL_DRIVER_CPUS = 0.05  # the trial function only waits on its TorchTrainer (whose controller takes no CPU)
@@ -172,15 +180,19 @@ def _trial(config: dict) -> None:
     fit_stage(run, callbacks=[TuneReportCallback()])
 
 
-def _init_checkpoint(cfg: SweepConfig) -> tuple[str, str | None]:
+def init_checkpoint(cfg: SweepConfig) -> tuple[str, str | None]:
     """Stage 3's starting checkpoint and the MLflow run it came from (None: given in the config)."""
+    import mlflow
+
+    from vidrip.tracking import resolve_tracking_uri
     from vidrip.train.chain import CHECKPOINT_TAG, find_stage_run
 
     if cfg.model.checkpoint is not None:
         return cfg.model.checkpoint, None
+    mlflow.set_tracking_uri(resolve_tracking_uri(cfg.tracking, Path(cfg.workdir).resolve()))
     init = find_stage_run(2, None, f"{cfg.tracking.experiment_prefix}-train")
     if init is None:
-        raise RuntimeError(
+        raise FileNotFoundError(
             "the sweep starts stage 3 from stage 2, but MLflow has no FINISHED stage-2 run with a checkpoint: "
             "train it first (vidrip train --stages 0-2) or set model.checkpoint"
         )
@@ -293,7 +305,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     workdir = Path(cfg.workdir).resolve()
     name = cfg.name or time.strftime("sweep-%Y%m%d-%H%M%S")
     mlflow.set_tracking_uri(resolve_tracking_uri(cfg.tracking, workdir))
-    checkpoint, init_run = _init_checkpoint(cfg)
+    checkpoint, init_run = init_checkpoint(cfg)
     base = _base_run(cfg, name, checkpoint)
     concurrency = cfg.max_concurrent_trials or max_concurrent_trials(cfg, ray.cluster_resources())
     experiment = f"{cfg.tracking.experiment_prefix}-tune"
