@@ -40,13 +40,15 @@ def test_sample_help_shows_options(venv_bin):
     assert "--out" in out.stdout and "--seed" in out.stdout and "key=value" in out.stdout
 
 
-def test_tune_without_a_stage2_checkpoint_says_so_before_starting_ray(venv_bin, tmp_path, repo):
+def test_tune_without_a_stage2_checkpoint_says_so_before_starting_ray(venv_bin, tmp_path, repo, subprocess_env):
+    store = f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"  # not whatever store an earlier test pointed at
     out = subprocess.run(
-        [venv_bin / "vidrip", "tune", "--config", "tune_configs/lora_sweep_tiny.yaml", f"workdir={tmp_path}"],
+        [venv_bin / "vidrip", "tune", "--config", "tune_configs/lora_sweep_tiny.yaml", f"workdir={tmp_path}", store],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=repo,
+        env=subprocess_env,
     )
     assert out.returncode == 1
     assert "no FINISHED stage-2 run with a checkpoint" in out.stderr and "vidrip train --stages 0-2" in out.stderr

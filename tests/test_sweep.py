@@ -31,6 +31,8 @@ def test_space_keys_and_kinds_are_checked_by_name(repo):
         Dimension(loguniform=(1e-3, 1e-5))
     with pytest.raises(ValueError, match=r"space.lora.rank: 'grid' needs search: grid"):
         tune_space({"lora.rank": Dimension(grid=[4, 8])}, "optuna")
+    sampled = tune_space({"lora.rank": Dimension(choice=[4, 8]), "lr": Dimension(loguniform=(1e-5, 1e-3))}, "optuna")
+    assert sampled["lora.rank"].sample() in (4, 8) and 1e-5 <= sampled["lr"].sample() <= 1e-3
     spec = apply_params(default_stage(3).model_dump(), {"lora.rank": 16, "lr": 2e-5})
     assert (spec["lora"]["rank"], spec["lr"], spec["lora"]["dropout"]) == (16, 2e-5, 0.05)
 
@@ -84,7 +86,9 @@ def test_a_sweep_stops_trials_early_survives_failures_and_promotes_the_best(
     client = mlflow.MlflowClient()
     champion = client.get_model_version_by_alias("vidrip-video", "champion")
     assert champion.source == result.best.checkpoint
-    assert (tmp_path / result.best.checkpoint.split(str(tmp_path) + "/")[1] / "adapter_config.json").is_file()
+    champion_cfg = ModelConfig(checkpoint="models:/vidrip-video@champion")  # how the serve app loads it
+    assert load_model(champion_cfg).peft_config["default"].r == result.best.params["lora.rank"]
+    assert load_processor(champion_cfg).tokenizer.eos_token == "<|im_end|>"
 
     parent = client.get_run(result.run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["vidrip.init_from_run"] == stage2_run

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -38,10 +39,12 @@ __all__ = [
     "job_run",
     "register_checkpoint",
     "resolve_tracking_uri",
+    "search_runs",
     "serve_ui_command",
 ]
 
 TAG_PREFIX = "vidrip."
+log = logging.getLogger(__name__)
 
 
 class TrackingConfig(StrictConfig):
@@ -125,12 +128,13 @@ def job_run(
     dataset: str | Path | None = None,
     parent_run_id: str | None = None,
     run_name: str | None = None,
-    resume_run_id: str | None = None,
+    resume_by: tuple[str, str] | None = None,
 ) -> Iterator:
     """An MLflow run for one job, ended FINISHED, FAILED or KILLED, with lineage tags and the config.
 
     Nested under ``parent_run_id``, or under the run active in this process if there is one.
-    ``resume_run_id`` reopens an earlier run instead (its params stay as first logged)."""
+    ``resume_by=(tag, value)``: the run carries that tag; if an earlier run of this job carries it too,
+    that run is reopened instead of starting a new one (its params stay as first logged)."""
     import mlflow
 
     workdir = Path(workdir).resolve()
@@ -138,7 +142,10 @@ def job_run(
     active = mlflow.active_run()
     if parent_run_id is None and active is not None:
         parent_run_id = active.info.run_id  # a job started inside another job's run is its child
-    experiment_id = _ensure_experiment(f"{tracking.experiment_prefix}-{job}", workdir)
+    experiment = f"{tracking.experiment_prefix}-{job}"
+    experiment_id = _ensure_experiment(experiment, workdir)
+    earlier = search_runs(experiment, f"tags.`{resume_by[0]}` = '{resume_by[1]}'") if resume_by else []
+    resume_run_id = earlier[0].info.run_id if earlier else None
     cfg_dict = config.model_dump(mode="json")
     tags = {
         f"{TAG_PREFIX}job": job,
@@ -152,7 +159,10 @@ def job_run(
     if parent_run_id is not None:
         tags[f"{TAG_PREFIX}parent_run_id"] = parent_run_id
         tags["mlflow.parentRunId"] = parent_run_id
+    if resume_by is not None:
+        tags[resume_by[0]] = resume_by[1]
     if resume_run_id is not None:
+        log.info("%s %s: reopening MLflow run %s", job, resume_by[1], resume_run_id)
         run = mlflow.start_run(run_id=resume_run_id, nested=active is not None)
         mlflow.set_tags({**tags, f"{TAG_PREFIX}resumed": "true"})
     else:
@@ -173,6 +183,18 @@ def job_run(
         raise
     finally:
         mlflow.end_run(status=status)
+
+
+def search_runs(experiment: str, query: str) -> list:
+    """Runs of ``experiment`` matching the MLflow filter ``query``, newest first (none if it does not exist)."""
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return mlflow.search_runs(
+        [exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], output_format="list"
+    )
 
 
 def serve_ui_command(tracking: TrackingConfig, workdir: str | Path, port: int = 5000) -> list[str]:

@@ -4,7 +4,9 @@ Three ways, in this order of precedence:
 
 1. ``checkpoint``: a full LLaVA-OneVision checkpoint (a Hugging Face hub id, or a local folder such as
    a previous stage's output) — ``from_pretrained``; or a LoRA stage's folder (``adapter_config.json``
-   + ``non_lora_trainables.safetensors``), loaded onto its recorded base model as a ``PeftModel``.
+   + ``non_lora_trainables.safetensors``), loaded onto its recorded base model as a ``PeftModel``; or a
+   model registry reference, ``models:/vidrip-video@champion`` (alias) or ``models:/vidrip-video/3``
+   (version), resolved through MLflow (the current tracking URI) to the folder it registered.
 2. ``vision_tower`` and/or ``llm``: start a fresh model from component checkpoints, as stage 0 does
    (SigLIP-so400m + Qwen2-7B for ``ov-7b``); the projector starts random.
 3. neither: the preset's config with random weights (seeded).
@@ -29,7 +31,7 @@ from vidrip.model.layout import LAYOUT_KEY, VideoNewline, video_newline
 from vidrip.model.presets import PRESETS, Preset, llava_config
 from vidrip.model.processor import build_processor
 
-__all__ = ["ModelConfig", "load_model", "load_processor", "model_config", "save_model"]
+__all__ = ["ModelConfig", "load_model", "load_processor", "model_config", "resolve_checkpoint", "save_model"]
 
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -77,12 +79,34 @@ def _component_config(cls, field: str, ref: str):
         ) from None
 
 
+def resolve_checkpoint(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with a ``models:/name@alias`` or ``models:/name/version`` checkpoint replaced by its folder."""
+    ref = cfg.checkpoint
+    if ref is None or not ref.startswith("models:/"):
+        return cfg
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    name, sep, alias = ref.removeprefix("models:/").partition("@")
+    try:
+        if sep:
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, _, number = name.partition("/")
+            version = client.get_model_version(name, number)
+    except mlflow.exceptions.MlflowException as exc:
+        where = mlflow.get_tracking_uri()
+        raise FileNotFoundError(f"checkpoint: {ref} is not in the model registry at {where}: {exc}") from None
+    return cfg.model_copy(update={"checkpoint": version.source})
+
+
 def model_config(cfg: ModelConfig):
     """The ``LlavaOnevisionConfig`` of the model ``cfg`` describes, without loading any weights."""
     import json
 
     from transformers import AutoConfig, Qwen2Config, SiglipVisionConfig
 
+    cfg = resolve_checkpoint(cfg)
     if cfg.checkpoint is not None:
         ckpt = Path(cfg.checkpoint)
         if (ckpt / "adapter_config.json").is_file():
@@ -106,6 +130,7 @@ def load_model(cfg: ModelConfig):
 
     from vidrip.model.grid_newline import LlavaOnevisionVideoLayoutForConditionalGeneration as Model
 
+    cfg = resolve_checkpoint(cfg)
     dtype = _torch_dtype(cfg.dtype)
     if cfg.checkpoint is not None and (Path(cfg.checkpoint) / "adapter_config.json").is_file():
         return _load_adapter_checkpoint(cfg)
@@ -169,6 +194,7 @@ def load_processor(cfg: ModelConfig):
 
     from vidrip.model.grid_newline import GridNewlineProcessor
 
+    cfg = resolve_checkpoint(cfg)
     saved = Path(cfg.checkpoint) / "processor_config.json" if cfg.checkpoint is not None else None
     if saved is not None and saved.is_file():
         if json.loads(saved.read_text()).get("processor_class") == GridNewlineProcessor.__name__:

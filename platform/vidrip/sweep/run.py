@@ -309,7 +309,6 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     base = _base_run(cfg, name, checkpoint)
     concurrency = cfg.max_concurrent_trials or max_concurrent_trials(cfg, ray.cluster_resources())
     experiment = f"{cfg.tracking.experiment_prefix}-tune"
-    earlier = _find_runs(experiment, f"tags.`{SWEEP_TAG}` = '{name}'")  # the sweep's parent run, if resumed
     out_dir = workdir / "tune" / name
     with job_run(
         "tune",
@@ -318,14 +317,10 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
         workdir=workdir,
         dataset=cfg.data_root,
         run_name=name,
-        resume_run_id=earlier[0].info.run_id if earlier else None,
+        resume_by=(SWEEP_TAG, name),
     ) as parent:
         mlflow.set_tags(
-            {
-                SWEEP_TAG: name,
-                "vidrip.init_from_run": init_run or "model.checkpoint",
-                "vidrip.concurrent_trials": str(concurrency),
-            }
+            {"vidrip.init_from_run": init_run or "model.checkpoint", "vidrip.concurrent_trials": str(concurrency)}
         )
         log.info("sweep %s: up to %d trial(s) at once; results in %s", name, concurrency, out_dir)
         grid = _tuner(cfg, name, base, concurrency).fit()
@@ -373,19 +368,10 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     )
 
 
-def _find_runs(experiment: str, query: str) -> list:
-    import mlflow
-
-    exp = mlflow.get_experiment_by_name(experiment)
-    if exp is None:
-        return []
-    return mlflow.search_runs(
-        [exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], output_format="list"
-    )
-
-
 def _trial_runs(experiment: str, parent_id: str) -> list:
-    runs = _find_runs(experiment, f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    from vidrip.tracking import search_runs
+
+    runs = search_runs(experiment, f"tags.`mlflow.parentRunId` = '{parent_id}'")
     return [r for r in runs if TRIAL_TAG in r.data.tags]
 
 

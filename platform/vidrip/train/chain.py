@@ -31,7 +31,7 @@ from pydantic import Field, ValidationError, model_validator
 from vidrip.config import StrictConfig
 from vidrip.model.loading import ModelConfig
 from vidrip.runtime import RayConfig
-from vidrip.tracking import TrackingConfig, config_sha, job_run, register_checkpoint, resolve_tracking_uri
+from vidrip.tracking import TrackingConfig, config_sha, job_run, register_checkpoint, search_runs
 from vidrip.train.loop import StageRunConfig, fit_stage, read_events
 from vidrip.train.memory import GIB, MemoryPlan, default_capacity_gib, memory_plan
 from vidrip.train.stages import StageSpec, default_stages
@@ -151,17 +151,6 @@ def _log_history(hf_checkpoint: Path) -> list[dict]:
     return json.loads(state.read_text())["log_history"] if state.is_file() else []
 
 
-def _search(experiment: str, query: str) -> list:
-    import mlflow
-
-    exp = mlflow.get_experiment_by_name(experiment)
-    if exp is None:
-        return []
-    return mlflow.search_runs(
-        [exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], output_format="list"
-    )
-
-
 def _outcome_of(run, stage: int) -> StageOutcome:
     """A FINISHED stage run, read back from MLflow (a resumed training run keeps it)."""
     import mlflow
@@ -224,18 +213,12 @@ def run_stages(cfg: TrainConfig) -> list[StageOutcome]:
     """Run ``cfg.stages`` in order on the connected Ray cluster, each from its ``init_from``.
 
     With ``cfg.run_name`` of an earlier run: resume it (see the module docstring)."""
-    import mlflow
 
     check_plans(plan_stages(cfg))
     workdir = Path(cfg.workdir).resolve()
     experiment = f"{cfg.tracking.experiment_prefix}-train"
     name = cfg.run_name or new_run_name()
-    mlflow.set_tracking_uri(resolve_tracking_uri(cfg.tracking, workdir))
-    earlier = _search(experiment, f"tags.`{TRAIN_RUN_TAG}` = '{name}'")
-    if earlier:
-        log.info("training run %s: resuming (MLflow run %s)", name, earlier[0].info.run_id)
-    else:
-        log.info("training run %s: rerun with run_name=%s to resume it", name, name)
+    log.info("training run %s (rerun with run_name=%s to resume it)", name, name)
     outcomes: list[StageOutcome] = []
     with job_run(
         "train",
@@ -244,9 +227,8 @@ def run_stages(cfg: TrainConfig) -> list[StageOutcome]:
         workdir=workdir,
         dataset=cfg.data_root,
         run_name=name,
-        resume_run_id=earlier[0].info.run_id if earlier else None,
+        resume_by=(TRAIN_RUN_TAG, name),
     ) as parent:
-        mlflow.set_tag(TRAIN_RUN_TAG, name)
         for index in cfg.stages:
             outcome = _run_stage(cfg, index, name, parent.info.run_id, experiment, workdir)
             outcomes.append(outcome)
@@ -289,7 +271,7 @@ def _run_stage(cfg: TrainConfig, index: int, name: str, parent_id: str, experime
         deepspeed=cfg.deepspeed["lora" if spec.uses_lora else "full"],
     )
     sha = config_sha(run_cfg)
-    before = _search(experiment, f"tags.`{STAGE_TAG}` = '{index}' and tags.`mlflow.parentRunId` = '{parent_id}'")
+    before = search_runs(experiment, f"tags.`{STAGE_TAG}` = '{index}' and tags.`mlflow.parentRunId` = '{parent_id}'")
     for run in before:
         if run.data.tags.get(CONFIG_SHA_TAG) != sha:
             raise ValueError(
