@@ -112,7 +112,7 @@ class SweepConfig(StrictConfig):
         """Stage 3 as every trial starts: the paper's defaults with ``stage_overrides``."""
         base = default_stage(3).model_dump()
         try:
-            merged = apply_params(base, {k: v for k, v in _dotted(self.stage_overrides).items()})
+            merged = apply_params(base, _dotted(self.stage_overrides))
         except KeyError as exc:
             raise ValueError(exc.args[0].replace("space.", "stage_overrides.")) from None
         return StageSpec.model_validate(merged)
