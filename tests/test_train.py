@@ -89,20 +89,20 @@ def test_a_stage_without_its_predecessor_is_refused(tmp_path, tracking, sample_d
 def test_stage3_lora_under_zero3_then_merge(ray_client, sample_dir, tmp_path, repo, venv_bin, subprocess_env):
     """Stage 3 from a stage-2-like checkpoint: ZeRO-3, LoRA on the LLM, vision tower and projector in full."""
     from vidrip.model.loading import save_model
-    from vidrip.train.loop import NON_LORA_FILE, StageRunConfig, fit_stage
-    from vidrip.train.stages import LoraSpec, default_stage
+    from vidrip.train.loop import NON_LORA_FILE, fit_stage
+    from vidrip.train.stages import LoraSpec
 
     init = ModelConfig(preset="tiny", seed=5)
     save_model(load_model(init), load_processor(init), tmp_path / "stage2")
-    spec = default_stage(3).model_copy(
-        update={"global_batch_size": 2, "lr": 5e-3, "vision_lr": 5e-3, "lora": LoraSpec(rank=4)}
-    )
+    fast = {"lr": 5e-3, "vision_lr": 5e-3, "lora": LoraSpec(rank=4)}
     result = fit_stage(
-        StageRunConfig(
-            stage=spec,
+        _stage_run(
+            3,
+            sample_dir,
+            tmp_path,
+            repo,
+            fast,
             model=ModelConfig(checkpoint=str(tmp_path / "stage2")),
-            data_root=str(sample_dir),
-            output_dir=str(tmp_path / "out"),
             run_name="stage3-test",
             max_steps=3,
             save_steps=3,

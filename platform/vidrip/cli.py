@@ -22,7 +22,6 @@ import contextlib
 import logging
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from vidrip.config import ConfigError, load_config
@@ -211,12 +210,12 @@ def _cmd_convert(args) -> int:
 
 def _cmd_tune(args) -> int:
     from vidrip.runtime import ray_session
-    from vidrip.sweep.run import SweepConfig, init_checkpoint, run_sweep
+    from vidrip.sweep.run import SweepConfig, init_checkpoint, new_sweep_name, run_sweep
 
     cfg = load_config(SweepConfig, args.config, args.overrides)
     init_checkpoint(cfg)  # before starting Ray: no stage-2 checkpoint, no sweep
     if cfg.name is None:
-        cfg = cfg.model_copy(update={"name": time.strftime("sweep-%Y%m%d-%H%M%S")})
+        cfg = cfg.model_copy(update={"name": new_sweep_name()})
     print(f"sweep {cfg.name} (if interrupted, rerun with name={cfg.name} to resume)", flush=True)
     with ray_session(cfg.ray, Path(cfg.workdir).resolve()):
         result = run_sweep(cfg)

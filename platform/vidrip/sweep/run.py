@@ -51,6 +51,7 @@ __all__ = [
     "TrialRow",
     "init_checkpoint",
     "max_concurrent_trials",
+    "new_sweep_name",
     "run_sweep",
 ]
 
@@ -149,6 +150,10 @@ class SweepResult(StrictConfig):
     table_path: str
     plot_path: str
     seconds: float
+
+
+def new_sweep_name() -> str:
+    return time.strftime("sweep-%Y%m%d-%H%M%S")
 
 
 def max_concurrent_trials(cfg: SweepConfig, resources: dict[str, float]) -> int:
@@ -303,7 +308,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
 
     start = time.perf_counter()
     workdir = Path(cfg.workdir).resolve()
-    name = cfg.name or time.strftime("sweep-%Y%m%d-%H%M%S")
+    name = cfg.name or new_sweep_name()
     mlflow.set_tracking_uri(resolve_tracking_uri(cfg.tracking, workdir))
     checkpoint, init_run = init_checkpoint(cfg)
     base = _base_run(cfg, name, checkpoint)

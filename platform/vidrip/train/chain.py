@@ -130,17 +130,9 @@ class StageOutcome(StrictConfig):
 
 def find_stage_run(stage: int, parent_run_id: str | None = None, experiment: str = "vidrip-train"):
     """The newest FINISHED run of ``stage`` that has a checkpoint (under ``parent_run_id`` if it has one)."""
-    import mlflow
-
-    exp = mlflow.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
     base = f"tags.`{STAGE_TAG}` = '{stage}' and attributes.status = 'FINISHED'"
     for query in ([f"{base} and tags.`mlflow.parentRunId` = '{parent_run_id}'"] if parent_run_id else []) + [base]:
-        runs = mlflow.search_runs(
-            [exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], output_format="list"
-        )
-        runs = [r for r in runs if CHECKPOINT_TAG in r.data.tags]
+        runs = [r for r in search_runs(experiment, query) if CHECKPOINT_TAG in r.data.tags]
         if runs:
             return runs[0]
     return None
