@@ -3,6 +3,8 @@
 import pytest
 
 from vidrip.config import ConfigError, StrictConfig, apply_overrides, load_config
+from vidrip.curate.detector_train import DetectorTrainConfig
+from vidrip.curate.pipeline import CurateConfig
 from vidrip.data.sample.build import SampleConfig
 from vidrip.demo import DemoConfig
 from vidrip.sweep.run import SweepConfig
@@ -17,6 +19,8 @@ SCHEMAS = {
     "jobs/configs/train_ov7b.yaml": TrainConfig,
     "jobs/configs/bench_train.yaml": BenchTrainConfig,
     "jobs/configs/bench_train_gpu.yaml": BenchTrainConfig,
+    "jobs/configs/train_detector.yaml": DetectorTrainConfig,
+    "jobs/configs/curate.yaml": CurateConfig,
     "tune_configs/lora_sweep_tiny.yaml": SweepConfig,
     "tune_configs/lora_sweep_7b.yaml": SweepConfig,
 }

@@ -9,7 +9,9 @@
     vidrip tune --config tune_configs/lora_sweep_tiny.yaml   LoRA sweep of stage 3 on Ray Tune
     vidrip head [workdir=work]                        a Ray head on 127.0.0.1 for `ray job submit`
     vidrip ui [--workdir work] [--port 5000]          MLflow UI on 127.0.0.1
-    vidrip curate | serve | eval                      later steps of the pipeline
+    vidrip curate [--config jobs/configs/curate.yaml]  raw teaching videos to clips + instruction JSON (Ray Data)
+    vidrip curate train-detector [--config ...]       fine-tune the tissue/person detector curation uses
+    vidrip serve | eval                               later steps of the pipeline
 
 Every job takes ``--config FILE`` (YAML) and ``key=value`` overrides (dotted keys for sections).
 Research use only, not for clinical decisions.
@@ -29,8 +31,10 @@ from vidrip.runtime import apply_offline_env
 
 __all__ = ["main"]
 
+CURATE_CONFIG = "jobs/configs/curate.yaml"
+DETECTOR_CONFIG = "jobs/configs/train_detector.yaml"
+
 PLANNED = {
-    "curate": "curate raw teaching videos into clips and instruction JSON (Ray Data)",
     "serve": "serve an OpenAI-compatible endpoint that takes videos (Ray Serve)",
     "eval": "score models with the Video-ChatGPT judge metrics",
 }
@@ -85,6 +89,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="LLaVA-NeXT folder: config.json + weights, or a LoRA folder")
     p.add_argument("--base", help="for a LoRA folder: its base model's folder (default: the adapter's recorded base)")
     p.add_argument("--out", required=True, help="folder for the Hugging Face checkpoint")
+
+    p = sub.add_parser(
+        "curate",
+        help="curate raw teaching videos into clips and instruction JSON (Ray Data); "
+        "`vidrip curate train-detector` trains its tissue/person detector",
+        description="vidrip curate [--config FILE] [key=value ...]: the curation pipeline on Ray Data. "
+        "vidrip curate train-detector [--config FILE] [key=value ...]: fine-tune the tissue/person YOLO detector "
+        f"on the sample's ground truth (default config {DETECTOR_CONFIG}).",
+    )
+    _add_config_args(p, None)
 
     p = sub.add_parser("tune", help="sweep LoRA rank x learning rate on stage 3 (Ray Tune, ASHA), promote the best")
     _add_config_args(p, "tune_configs/lora_sweep_tiny.yaml")
@@ -233,6 +247,48 @@ def _cmd_tune(args) -> int:
     return 0 if result.best is not None else 1
 
 
+def _cmd_curate(args) -> int:
+    if args.overrides[:1] == ["train-detector"]:
+        return _cmd_train_detector(args.config or DETECTOR_CONFIG, args.overrides[1:])
+    from vidrip.curate.pipeline import CurateConfig, run_curation
+    from vidrip.runtime import ray_session
+
+    cfg = load_config(CurateConfig, args.config or CURATE_CONFIG, args.overrides)
+    with ray_session(cfg.ray, Path(cfg.workdir).resolve()):
+        result = run_curation(cfg)
+    m = result.metrics
+    print(f"\ncurated {result.inputs} inputs ({result.skipped} done earlier) -> {result.out}")
+    print(
+        f"  clips {int(m['clips'])} (kept by the LLM: {int(m['clips_kept'])}), instruction records: "
+        f"{int(m['clip_records'])} clip, {int(m['video_records'])} video"
+    )
+    print(f"  rejected inputs {int(m['inputs_rejected'])}, reject rows {int(m['rejects_rows'])} (rejects.parquet)")
+    for key in sorted(k for k in m if k.startswith(("rejected_inputs_by_reason.", "dropped_seconds."))):
+        print(f"    {key.split('.', 1)[0].replace('_', ' ')}: {key.split('.', 1)[1]}: {m[key]:g}")
+    print(
+        f"  frames decoded {int(m['frames.decoded'])}, seen by the detector {int(m['frames.keyframes'])} "
+        f"({m['heavy_model_frame_share']:.0%}), in clips {int(m['frames.in_clips'])}; "
+        f"OCR text boxes {int(m['text_boxes_before'])} before inpainting, {int(m['text_boxes_after'])} after"
+    )
+    print(
+        f"MLflow: run {result.run_id} (experiment {cfg.tracking.experiment_prefix}-curate); "
+        f"browse with: vidrip ui --workdir {cfg.workdir}"
+    )
+    return 0
+
+
+def _cmd_train_detector(config: str, overrides: list[str]) -> int:
+    from vidrip.curate.detector_train import DetectorTrainConfig, train_detector
+
+    cfg = load_config(DetectorTrainConfig, config, overrides)
+    result = train_detector(cfg, Path(cfg.workdir if hasattr(cfg, "workdir") else "work").resolve())
+    print(
+        f"detector: {result.weights}  mAP50 {result.map50:.3f} (tissue {result.map50_tissue:.3f}, "
+        f"person {result.map50_person:.3f}) on {result.val_images} held-out frames; {result.seconds:.0f} s"
+    )
+    return 0
+
+
 def _cmd_head(args) -> int:
     import shlex
     import signal
@@ -282,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         "merge": _cmd_merge,
         "convert": _cmd_convert,
         "tune": _cmd_tune,
+        "curate": _cmd_curate,
         "ui": _cmd_ui,
     }
     try:

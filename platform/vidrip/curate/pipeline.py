@@ -1,0 +1,349 @@
+"""The curation pipeline on Ray Data: raw teaching videos in, clips, tables and instruction JSON out.
+
+Run as::
+
+    vidrip curate --config jobs/configs/curate.yaml [inputs='[work/sample/raw]' out=work/curated]
+    python jobs/curate.py --config jobs/configs/curate.yaml
+    ray job submit --working-dir . -- python jobs/curate.py --config jobs/configs/curate.yaml ray.address=auto
+
+Steps, each a callable class in its own module and a Ray Data operator here::
+
+    probe ─ transcribe* ─ shots+keyframes ─ detect* ─ text (OCR + inpaint)* ─ trim+clips ─ instruct (LLM)
+    (* model steps: on a GPU node when the cluster has one, ``num_gpus`` = ``resources.gpu_fraction``)
+
+Light steps are chained into one operator (``Chain``) so that a 2-core laptop is not asked for a CPU
+slot per step; every operator is an actor pool (``ActorPoolStrategy``) with the CPU share set in
+``resources``. The driver collects the rows of each input, and when its last shot is through, writes
+its part file (the unit of resumption), its stage-3 video and its chain-of-thought record
+(see :mod:`vidrip.curate.outputs`). Re-running skips inputs whose part exists for the same content
+hash and processing config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from tqdm import tqdm
+
+from vidrip.config import StrictConfig
+from vidrip.curate.clips import ClipsConfig, WriteClips
+from vidrip.curate.detect import Detect, DetectConfig
+from vidrip.curate.inputs import resolve_inputs
+from vidrip.curate.instruct import Instruct, InstructionGenerator, LLMConfig, VideoContext, video_record
+from vidrip.curate.keyframes import Keyframes, KeyframesConfig
+from vidrip.curate.outputs import VideoOutcome, aggregate, contact_sheet, write_json_atomic, write_video
+from vidrip.curate.probe import Probe, ProbeConfig
+from vidrip.curate.shots import Shots, ShotsConfig
+from vidrip.curate.text import TextConfig, TextInpaint
+from vidrip.curate.transcribe import TranscribeConfig, Transcriber
+from vidrip.curate.trim import Trim, TrimConfig
+from vidrip.runtime import RayConfig
+from vidrip.tracking import TrackingConfig
+
+__all__ = ["Chain", "CurateConfig", "CurationResult", "ResourcesConfig", "run_curation"]
+
+log = logging.getLogger(__name__)
+
+
+class StepResources(StrictConfig):
+    num_cpus: float = Field(gt=0)
+    max_actors: int = Field(default=1, ge=1, description="the actor pool grows from 1 to this")
+
+
+class ResourcesConfig(StrictConfig):
+    """CPU share and pool size of each operator. The defaults fit one 2-core machine (they sum to < 2);
+    on a cluster raise ``max_actors``. ``gpu: auto`` puts the model steps on GPUs when there are any."""
+
+    gpu: Literal["auto", "never"] = "auto"
+    gpu_fraction: float = Field(default=0.25, gt=0, le=1, description="GPU share of each model actor")
+    probe: StepResources = StepResources(num_cpus=0.1)
+    transcribe: StepResources = StepResources(num_cpus=0.4)
+    split: StepResources = StepResources(num_cpus=0.4)
+    detect: StepResources = StepResources(num_cpus=0.4)
+    text: StepResources = StepResources(num_cpus=0.4)
+    cut: StepResources = StepResources(num_cpus=0.2)
+    instruct: StepResources = StepResources(num_cpus=0.05)
+
+
+class CurateConfig(StrictConfig):
+    """``vidrip curate``: which videos, where to, and every step's settings (one section per step)."""
+
+    inputs: list[str] = Field(min_length=1, description="folders, globs, manifests (.txt/.json) or video files")
+    out: str = "work/curated"
+    workdir: str = "work"
+    name: str = "vidrip-curated"
+    description: str = "Pathology teaching-video clips with instructions, curated by vidrip."
+    licence: str = "unspecified"
+    licence_url: str | None = None
+    source_licence: str = Field(default="unspecified", description="licence of the input videos, for the card")
+    instructions: bool = Field(default=True, description="generate instructions with the LLM (section `llm`)")
+    contact_sheet_clips: int = Field(default=8, ge=0)
+    probe: ProbeConfig = ProbeConfig()
+    transcribe: TranscribeConfig = TranscribeConfig()
+    shots: ShotsConfig = ShotsConfig()
+    keyframes: KeyframesConfig = KeyframesConfig()
+    detect: DetectConfig = DetectConfig()
+    text: TextConfig = TextConfig()
+    trim: TrimConfig = TrimConfig()
+    clips: ClipsConfig = ClipsConfig()
+    llm: LLMConfig = LLMConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    ray: RayConfig = RayConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> CurateConfig:
+        if self.keyframes.fps > self.clips.fps:
+            raise ValueError(f"keyframes.fps {self.keyframes.fps} > clips.fps {self.clips.fps}")
+        return self
+
+
+@dataclass
+class CurationResult:
+    out: Path
+    inputs: int
+    skipped: int
+    counts: dict[str, int]
+    metrics: dict[str, float]
+    run_id: str
+
+
+class Chain:
+    """Several row steps in one Ray Data actor (``flat_map``): light steps share one CPU slot."""
+
+    def __init__(self, steps: list[tuple[type, tuple]]):
+        self.steps = [cls(*args) for cls, args in steps]
+
+    def __call__(self, row: dict) -> list[dict]:
+        rows = [row]
+        for step in self.steps:
+            rows = [out for r in rows for out in (lambda x: x if isinstance(x, list) else [x])(step(r))]
+        return rows
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")[:40] or "video"
+
+
+def sha256_file(path: Path) -> str | None:
+    """Content hash; None for a file that cannot be read (it becomes a reject at probe)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def processing_sha(cfg: CurateConfig) -> str:
+    """What decides the outputs: every step's settings, the detector's bytes and the LLM's model."""
+    steps = cfg.model_dump(
+        mode="json",
+        include={"probe", "transcribe", "shots", "keyframes", "detect", "text", "trim", "clips", "instructions"},
+    )
+    steps["llm"] = cfg.llm.model_dump(mode="json", include={"model", "temperature", "max_tokens", "min_quality"})
+    steps["detector_sha256"] = sha256_file(Path(cfg.detect.weights))
+    return hashlib.sha256(json.dumps(steps, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _pool(res: StepResources):
+    from ray.data import ActorPoolStrategy
+
+    return {"compute": ActorPoolStrategy(min_size=1, max_size=res.max_actors), "num_cpus": res.num_cpus}
+
+
+def build_dataset(cfg: CurateConfig, items: list[dict], out: Path, gpus: float):
+    """The Ray Data pipeline over ``items`` (``{"key", "path", "state"}`` rows), lazily."""
+    import ray
+
+    r = cfg.resources
+    gpu = {"num_gpus": r.gpu_fraction} if gpus > 0 and r.gpu == "auto" else {}
+    fps = cfg.clips.fps
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    ds = ds.map(Probe, fn_constructor_args=(cfg.probe,), **_pool(r.probe))
+    ds = ds.map(Transcriber, fn_constructor_args=(cfg.transcribe,), **_pool(r.transcribe), **gpu)
+    split = [(Shots, (cfg.shots, fps)), (Keyframes, (cfg.keyframes, fps))]
+    ds = ds.flat_map(Chain, fn_constructor_args=(split,), **_pool(r.split))
+    ds = ds.map_batches(
+        Detect,
+        fn_constructor_args=(cfg.detect,),
+        batch_size=cfg.detect.batch_size,
+        batch_format="numpy",
+        **_pool(r.detect),
+        **gpu,
+    )
+    ds = ds.map_batches(
+        TextInpaint,
+        fn_constructor_args=(cfg.text,),
+        batch_size=cfg.text.batch_size,
+        batch_format="numpy",
+        **_pool(r.text),
+        **gpu,
+    )
+    cut = [(Trim, (cfg.trim, fps)), (WriteClips, (cfg.clips, str(out)))]
+    ds = ds.flat_map(Chain, fn_constructor_args=(cut,), **_pool(r.cut))
+    if cfg.instructions:
+        ds = ds.map_batches(
+            Instruct,
+            fn_constructor_args=(cfg.llm, str(out / "llm_cache")),
+            batch_size=cfg.llm.max_concurrency * 2,
+            batch_format="numpy",
+            **_pool(r.instruct),
+        )
+    return ds
+
+
+def _check_ready(cfg: CurateConfig) -> None:
+    """Fail before any work if the detector or the LLM endpoint cannot be used."""
+    if not Path(cfg.detect.weights).is_file():
+        raise FileNotFoundError(
+            f"detect.weights: {cfg.detect.weights} not found; train it with "
+            "`vidrip curate train-detector --config jobs/configs/train_detector.yaml` or point detect.weights at one"
+        )
+    if cfg.instructions:
+        with InstructionGenerator(cfg.llm, Path(cfg.out) / "llm_cache") as gen:
+            gen.check_endpoint()
+
+
+class _Finisher:
+    """Writes one input's outputs when its last row has arrived (the video-level LLM call included)."""
+
+    def __init__(self, cfg: CurateConfig, out: Path, config_sha: str):
+        self.cfg, self.out, self.config_sha = cfg, out, config_sha
+        self.generator = InstructionGenerator(cfg.llm, out / "llm_cache") if cfg.instructions else None
+
+    def __call__(self, outcome: VideoOutcome) -> dict:
+        from PIL import Image
+
+        part = outcome.part(self.config_sha)
+        (self.out / "previews").mkdir(parents=True, exist_ok=True)
+        for cid, strip in outcome.previews().items():
+            Image.fromarray(strip).save(self.out / "previews" / f"{cid}.png")
+        if self.generator is None:
+            for clip in part["clips"]:
+                clip.update(kept=True, reason="no LLM step (instructions: false)")
+        kept = [c for c in part["clips"] if c.get("kept")]
+        part["video_file"], part["video_record"] = None, None
+        if kept:
+            part["video_file"] = write_video(self.out, outcome.video_id, [c["video"] for c in kept], self.cfg.clips.fps)
+        if kept and self.generator is not None:
+            ctx = VideoContext(
+                video_id=outcome.video_id,
+                video=part["video_file"],
+                source=outcome.source.name,
+                transcript=part["transcript"],
+                screen_text=part["screen_text"],
+                clip_descriptions=[c["concise"] or c["description"] for c in kept],
+            )
+            result = self.generator.videos([ctx])[0]
+            part["video_instruction"] = {"ok": result.ok, "reason": result.reason, "diagnosis": result.diagnosis}
+            part["video_record"] = video_record(ctx, result) if result.ok else None
+        write_json_atomic(self.out / "parts" / f"{outcome.video_id}.json", part)
+        return part
+
+    def close(self) -> None:
+        if self.generator is not None:
+            self.generator.close()
+
+
+def _load_part(path: Path, config_sha: str, sha: str | None) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        part = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return part if part.get("config_sha") == config_sha and part.get("sha256") == sha else None
+
+
+def run_curation(cfg: CurateConfig, progress: bool = True) -> CurationResult:
+    """Curate ``cfg.inputs`` into ``cfg.out`` on the connected Ray cluster, tracked in MLflow."""
+    import mlflow
+    import ray
+
+    from vidrip.curate.card import DatasetInfo, check_croissant, write_card, write_croissant
+    from vidrip.curate.metrics import log_curation
+    from vidrip.tracking import job_run
+
+    out = Path(cfg.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    paths = resolve_inputs(cfg.inputs)
+    _check_ready(cfg)
+    config_sha = processing_sha(cfg)
+    with job_run("curate", cfg, tracking=cfg.tracking, workdir=cfg.workdir) as run:
+        started = time.perf_counter()
+        with ThreadPoolExecutor(4) as pool:
+            shas = list(
+                tqdm(pool.map(sha256_file, paths), total=len(paths), desc="hash", unit="file", disable=not progress)
+            )
+        ids = [f"{_slug(p.stem)}-{(s or 'unreadable')[:10]}" for p, s in zip(paths, shas, strict=True)]
+        parts = {
+            vid: _load_part(out / "parts" / f"{vid}.json", config_sha, s) for vid, s in zip(ids, shas, strict=True)
+        }
+        todo = [(vid, p, s) for vid, p, s in zip(ids, paths, shas, strict=True) if parts[vid] is None]
+        log.info(
+            "curate: %d inputs, %d done earlier, %d to process -> %s",
+            len(paths),
+            len(paths) - len(todo),
+            len(todo),
+            out,
+        )
+        if todo:
+            finisher = _Finisher(cfg, out, config_sha)
+            outcomes = {vid: VideoOutcome(vid, p, s or "") for vid, p, s in todo}
+            items = [{"key": vid, "path": str(p), "state": json.dumps({"source": str(p)})} for vid, p, _ in todo]
+            gpus = ray.cluster_resources().get("GPU", 0)
+            ds = build_dataset(cfg, items, out, gpus)
+            try:
+                with tqdm(total=len(todo), desc="curate", unit="video", disable=not progress) as bar:
+                    for row in ds.iter_rows():
+                        outcome = outcomes[row["key"]]
+                        outcome.add(row)
+                        if outcome.complete:
+                            parts[outcome.video_id] = finisher(outcome)
+                            bar.update()
+            finally:
+                finisher.close()
+            for vid, outcome in outcomes.items():
+                if parts[vid] is None:
+                    log.warning("%s: only part of its rows came back; recording what arrived", outcome.source)
+                    parts[vid] = finisher(outcome) if outcome.rows else None
+        done = [p for p in parts.values() if p is not None]
+        counts = aggregate(out, done)
+        kept = sum(1 for p in done for c in p["clips"] if c.get("kept"))
+        info = DatasetInfo(
+            name=cfg.name,
+            description=cfg.description,
+            licence=cfg.licence,
+            licence_url=cfg.licence_url,
+            sources=[{"path": p["source"], "sha256": p["sha256"], "licence": cfg.source_licence} for p in done],
+            generator={"model": cfg.llm.model, "base_url": cfg.llm.base_url or "", "prompt_version": _prompt_version()}
+            if cfg.instructions
+            else {"model": "none"},
+            pipeline={"config_sha": config_sha, "mlflow_run_id": run.info.run_id},
+            counts={"inputs": len(paths), "clips": counts["clips"], "kept_clips": kept, "rejects": counts["rejects"]},
+        )
+        write_card(out, info)
+        check = check_croissant(write_croissant(out, info))
+        clip_ids = [c["clip_id"] for p in done for c in p["clips"]][: cfg.contact_sheet_clips]
+        sheet = contact_sheet(out, clip_ids, out / "contact_sheet.png")
+        metrics = log_curation(done, counts, check, sheet, out, seconds=time.perf_counter() - started)
+        mlflow.set_tag("vidrip.output", str(out))
+        return CurationResult(out, len(paths), len(paths) - len(todo), counts, metrics, run.info.run_id)
+
+
+def _prompt_version() -> str:
+    from vidrip.curate.instruct import PROMPT_VERSION
+
+    return PROMPT_VERSION
