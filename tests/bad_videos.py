@@ -39,7 +39,8 @@ def write_bad_inputs(folder: Path, good_video: Path) -> dict[str, str | None]:
     write_mp4(folder / "one_frame.mp4", [np.full((240, 320, 3), 200, np.uint8)], fps=10)
     img = load_source("hne")
     h, w = img.shape[:2]
-    shot = Shot("tissue", 2.0, "hne", View(w / 2, h / 2, w * 0.4), View(w / 2, h / 2, w * 0.35))
+    viewport = (3840 // 16, 2160 // 12, 3840 - 3840 // 16, 2160 - 2160 // 12)  # a slide viewer, as in the sample
+    shot = Shot("tissue", 2.0, "hne", View(w / 2, h / 2, w * 0.4), View(w / 2, h / 2, w * 0.35), viewport)
     frames, _ = render_shot(shot, 3840, 2160, 2)
     write_mp4(folder / "frame_4k.mp4", frames, fps=2)
     return {

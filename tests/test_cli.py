@@ -19,7 +19,7 @@ def test_help_lists_every_subcommand(venv_bin):
     assert "Research use only, not for clinical decisions" in " ".join(out.stdout.split())
 
 
-@pytest.mark.parametrize("cmd", ["curate", "serve", "eval"])
+@pytest.mark.parametrize("cmd", ["serve", "eval"])
 def test_later_steps_say_not_yet_available(venv_bin, cmd):
     out = _vidrip(venv_bin, cmd)
     assert out.returncode == 2
@@ -53,3 +53,30 @@ def test_tune_without_a_stage2_checkpoint_says_so_before_starting_ray(venv_bin, 
     assert out.returncode == 1
     assert "no FINISHED stage-2 run with a checkpoint" in out.stderr and "vidrip train --stages 0-2" in out.stderr
     assert not (tmp_path / "ray").exists()  # no Ray head was started
+
+
+def test_curate_help_names_train_detector(venv_bin):
+    out = _vidrip(venv_bin, "curate", "--help")
+    assert out.returncode == 0
+    assert "train-detector" in out.stdout and "--config" in out.stdout
+
+
+def test_curate_without_inputs_is_a_config_error_naming_the_key(venv_bin, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("out: x\n")
+    out = _vidrip(venv_bin, "curate", "--config", str(cfg))
+    assert out.returncode == 2 and "inputs" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_curate_with_a_missing_detector_says_how_to_train_one(venv_bin, tmp_path, sample_dir):
+    out = _vidrip(
+        venv_bin,
+        "curate",
+        "--config",
+        "jobs/configs/curate.yaml",
+        f"inputs=[{sample_dir}/raw]",
+        f"detect.weights={tmp_path}/none.pt",
+        f"out={tmp_path}/out",
+    )
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "detect.weights" in out.stderr and "vidrip curate train-detector" in out.stderr

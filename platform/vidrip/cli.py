@@ -250,10 +250,16 @@ def _cmd_tune(args) -> int:
 def _cmd_curate(args) -> int:
     if args.overrides[:1] == ["train-detector"]:
         return _cmd_train_detector(args.config or DETECTOR_CONFIG, args.overrides[1:])
-    from vidrip.curate.pipeline import CurateConfig, run_curation
+    from vidrip.curate.instruct import LLMError
+    from vidrip.curate.pipeline import CurateConfig, check_ready, run_curation
     from vidrip.runtime import ray_session
 
     cfg = load_config(CurateConfig, args.config or CURATE_CONFIG, args.overrides)
+    try:
+        check_ready(cfg)  # detector and LLM endpoint, before a Ray head is started
+    except LLMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     with ray_session(cfg.ray, Path(cfg.workdir).resolve()):
         result = run_curation(cfg)
     m = result.metrics
@@ -281,7 +287,7 @@ def _cmd_train_detector(config: str, overrides: list[str]) -> int:
     from vidrip.curate.detector_train import DetectorTrainConfig, train_detector
 
     cfg = load_config(DetectorTrainConfig, config, overrides)
-    result = train_detector(cfg, Path(cfg.workdir if hasattr(cfg, "workdir") else "work").resolve())
+    result = train_detector(cfg)
     print(
         f"detector: {result.weights}  mAP50 {result.map50:.3f} (tissue {result.map50_tissue:.3f}, "
         f"person {result.map50_person:.3f}) on {result.val_images} held-out frames; {result.seconds:.0f} s"

@@ -41,7 +41,8 @@ class DetectConfig(StrictConfig):
     conf: float = Field(default=0.25, gt=0, lt=1)
     presenter_fraction: float = Field(default=0.3, gt=0, le=1)
     min_tissue_fraction: float = Field(default=0.05, ge=0, le=1)
-    batch_size: int = Field(default=8, ge=1, description="shots per Ray Data batch")
+    batch_size: int = Field(default=2, ge=1, description="shots per Ray Data batch")
+    threads: int = Field(default=1, ge=1, description="torch CPU threads per actor")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
@@ -81,12 +82,10 @@ class Detect:
         self.model = load_detector(cfg.weights)
         self.tissue_id = DETECTOR_CLASSES.index("tissue")
         self.person_id = DETECTOR_CLASSES.index("person")
-        if cfg.device == "auto":
-            import torch
+        import torch
 
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        else:
-            self.device = cfg.device
+        torch.set_num_threads(cfg.threads)
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
 
     def predict(self, images: list[np.ndarray]) -> list[tuple[list, list]]:
         """(tissue boxes, person boxes) per RGB image."""

@@ -49,7 +49,7 @@ from vidrip.curate.trim import Trim, TrimConfig
 from vidrip.runtime import RayConfig
 from vidrip.tracking import TrackingConfig
 
-__all__ = ["Chain", "CurateConfig", "CurationResult", "ResourcesConfig", "run_curation"]
+__all__ = ["Chain", "CurateConfig", "CurationResult", "ResourcesConfig", "check_ready", "run_curation"]
 
 log = logging.getLogger(__name__)
 
@@ -197,14 +197,14 @@ def build_dataset(cfg: CurateConfig, items: list[dict], out: Path, gpus: float):
         ds = ds.map_batches(
             Instruct,
             fn_constructor_args=(cfg.llm, str(out / "llm_cache")),
-            batch_size=cfg.llm.max_concurrency * 2,
+            batch_size=cfg.llm.max_concurrency,
             batch_format="numpy",
             **_pool(r.instruct),
         )
     return ds
 
 
-def _check_ready(cfg: CurateConfig) -> None:
+def check_ready(cfg: CurateConfig) -> None:
     """Fail before any work if the detector or the LLM endpoint cannot be used."""
     if not Path(cfg.detect.weights).is_file():
         raise FileNotFoundError(
@@ -279,7 +279,7 @@ def run_curation(cfg: CurateConfig, progress: bool = True) -> CurationResult:
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     paths = resolve_inputs(cfg.inputs)
-    _check_ready(cfg)
+    check_ready(cfg)
     config_sha = processing_sha(cfg)
     with job_run("curate", cfg, tracking=cfg.tracking, workdir=cfg.workdir) as run:
         started = time.perf_counter()

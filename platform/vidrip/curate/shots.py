@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import Field
 
 from vidrip.config import StrictConfig
-from vidrip.curate.rows import StepRejected, guarded
+from vidrip.curate.rows import EMPTY_FRAMES, StepRejected, guarded
 
 __all__ = ["Shots", "ShotsConfig", "decode_grid", "detect_cuts"]
 
@@ -112,7 +112,8 @@ class Shots:
                 batch = vr.get_batch(chunk).asnumpy()
             except (decord.DECORDError, RuntimeError) as exc:
                 raise StepRejected(
-                    f"decoding failed near frame {chunk[0]} ({str(exc).splitlines()[0][:200]})"
+                    f"corrupt or truncated video stream: decoding failed near frame {chunk[0]} "
+                    f"({str(exc).splitlines()[0][:200]})"
                 ) from None
             for i, frame in zip(chunk, batch, strict=True):
                 if i in wanted_clip:
@@ -152,4 +153,5 @@ class Shots:
                 r["state"]["shot"]["count"] = len(out)
             return out
 
-        return guarded("shots", row, step)
+        # every row leaving this step has the shot columns, so Ray Data blocks keep one schema
+        return [{"shot": -1, "frames": EMPTY_FRAMES, **r} for r in guarded("shots", row, step)]

@@ -48,7 +48,8 @@ class TextConfig(StrictConfig):
     inpaint_radius: int = Field(default=3, ge=1)
     mask_presenter: bool = True
     verify: bool = True
-    batch_size: int = Field(default=8, ge=1, description="shots per Ray Data batch")
+    batch_size: int = Field(default=2, ge=1, description="shots per Ray Data batch")
+    threads: int = Field(default=1, ge=1, description="OCR threads per actor (one per CPU the actor holds)")
 
 
 @dataclass(frozen=True)
@@ -66,16 +67,17 @@ class TextReader:
 
 
 class RapidOCRReader(TextReader):
-    def __init__(self, min_score: float):
+    def __init__(self, min_score: float, threads: int):
         from rapidocr_onnxruntime import RapidOCR
 
-        self.engine = RapidOCR()
+        # burned-in captions are upright: no angle classifier
+        self.engine = RapidOCR(intra_op_num_threads=threads, inter_op_num_threads=1, use_cls=False)
         self.min_score = min_score
 
     def read(self, images: list[np.ndarray]) -> list[list[TextBox]]:
         out = []
         for im in images:
-            result, _ = self.engine(np.ascontiguousarray(im[..., ::-1]))
+            result, _ = self.engine(np.ascontiguousarray(im[..., ::-1]), use_cls=False)
             boxes = []
             for points, text, score in result or []:
                 pts = np.asarray(points, dtype=np.float32)
@@ -92,6 +94,7 @@ class DocTRReader(TextReader):
         import torch
         from doctr.models import detection, ocr_predictor, recognition
 
+        torch.set_num_threads(cfg.threads)
         det = getattr(detection, cfg.doctr_det_arch)(pretrained=False, pretrained_backbone=False)
         reco = getattr(recognition, cfg.doctr_reco_arch)(pretrained=False, pretrained_backbone=False)
         for model, path in ((det, cfg.doctr_det_weights), (reco, cfg.doctr_reco_weights)):
@@ -121,7 +124,7 @@ class DocTRReader(TextReader):
 
 
 def make_reader(cfg: TextConfig) -> TextReader:
-    return RapidOCRReader(cfg.min_score) if cfg.backend == "rapidocr" else DocTRReader(cfg)
+    return RapidOCRReader(cfg.min_score, cfg.threads) if cfg.backend == "rapidocr" else DocTRReader(cfg)
 
 
 def inpaint_boxes(frame: np.ndarray, boxes, dilate: int, radius: int) -> np.ndarray:
