@@ -39,6 +39,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python jobs/bench_train.py --config jobs/configs/bench_train.yaml
+	$(BIN)/python jobs/bench_curate.py --config jobs/configs/bench_curate.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -3,6 +3,7 @@
 import pytest
 
 from vidrip.config import ConfigError, StrictConfig, apply_overrides, load_config
+from vidrip.curate.bench import BenchCurateConfig
 from vidrip.curate.detector_train import DetectorTrainConfig
 from vidrip.curate.pipeline import CurateConfig
 from vidrip.data.sample.build import SampleConfig
@@ -21,6 +22,7 @@ SCHEMAS = {
     "jobs/configs/bench_train_gpu.yaml": BenchTrainConfig,
     "jobs/configs/train_detector.yaml": DetectorTrainConfig,
     "jobs/configs/curate.yaml": CurateConfig,
+    "jobs/configs/bench_curate.yaml": BenchCurateConfig,
     "tune_configs/lora_sweep_tiny.yaml": SweepConfig,
     "tune_configs/lora_sweep_7b.yaml": SweepConfig,
 }

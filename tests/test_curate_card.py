@@ -77,6 +77,7 @@ def _write_output(out: Path) -> dict[str, int]:
             "screen_text": [["H&E x4", "lymph node"], []],
             "quality": pd.array([4, None], dtype="Int64"),
             "kept": [True, False],
+            "crop": [[20, 24, 300, 220], [0, 0, 320, 240]],
         }
     )
     clips.to_parquet(out / CLIPS_TABLE, index=False)
@@ -149,6 +150,7 @@ def test_records_read_back_with_their_values(curated):
     clips = list(ds.records("clips"))
     assert [c["clips/clip_id"] for c in clips] == [b"vid0-000", b"vid0-001"]
     assert clips[0]["clips/screen_text"] == [b"H&E x4", b"lymph node"] and clips[1]["clips/screen_text"] == []
+    assert list(clips[0]["clips/crop"]) == [20, 24, 300, 220]
     assert [c["clips/quality"] for c in clips] == [4, None]
     assert [c["clips/kept"] for c in clips] == [True, False]
     assert clips[1]["clips/start"] == 8.5 and clips[0]["clips/num_frames"] == 4

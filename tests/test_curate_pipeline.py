@@ -98,6 +98,8 @@ def test_presenter_frames_are_dropped_and_clips_are_cropped_muted_tissue(curated
     table = pd.read_parquet(result.out / "clips.parquet")
     assert set(table["clip_id"]) == {c["clip_id"] for p in _parts(result.out).values() for c in p["clips"]}
     assert table["transcript"].str.len().gt(0).any()
+    for crop, w, h in zip(table["crop"], table["width"], table["height"], strict=True):
+        assert crop[2] - crop[0] == w and crop[3] - crop[1] == h
 
 
 def test_ocr_finds_no_text_after_inpainting(curated):
@@ -142,6 +144,10 @@ def test_mlflow_run_has_counts_drops_seconds_and_contact_sheet(curated):
     for step in ("probe", "transcribe", "shots", "detect", "text", "clips", "instruct"):
         assert m[f"seconds.{step}"] > 0, step
     assert 0 < m["heavy_model_frame_share"] <= 0.5
+    assert (m["count.probe.in"], m["count.probe.out"]) == (7, 3)  # four bad files stop at probe
+    assert m["count.shots.in"] == m["count.transcribe.out"] and m["count.shots.out"] >= 4
+    assert m["count.detect.out"] <= m["count.detect.in"] and m["count.trim.out"] < m["count.trim.in"]
+    assert m["count.clips.out"] == result.counts["clips"] and m["count.instruct.out"] == m["clips_kept"]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id)}
     assert "contact_sheet.png" in artifacts
     from PIL import Image

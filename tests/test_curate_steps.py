@@ -233,3 +233,26 @@ def test_inputs_folders_globs_and_manifests(tmp_path):
 def test_curate_config_checks_keyframes_against_clip_rate():
     with pytest.raises(ValueError, match=r"keyframes.fps 2.0 > clips.fps 1"):
         CurateConfig(inputs=["x"], keyframes={"fps": 2}, clips={"fps": 1})
+
+
+def test_an_input_is_complete_only_when_every_shot_and_clip_has_arrived(tmp_path):
+    from vidrip.curate.outputs import VideoOutcome
+
+    def row(shot: int, clip: int | None, clips_in_shot: int, error=None) -> dict:
+        state = {
+            "shot": {"index": shot, "count": 3, "start": shot * 2.0, "end": shot * 2.0 + 2},
+            "clips_in_shot": clips_in_shot,
+            "clip": None if clip is None else {"index": clip},
+            "error": error,
+        }
+        return {"key": "v", "path": "v.mp4", "state": json.dumps(state)}
+
+    outcome = VideoOutcome("v", tmp_path / "v.mp4", "sha")
+    arrivals = [row(2, None, 0), row(0, 1, 2), row(1, None, 0, error={"step": "text", "reason": "boom"}), row(0, 0, 2)]
+    for i, r in enumerate(arrivals):
+        assert not outcome.complete
+        outcome.add(r)
+        assert outcome.complete == (i == len(arrivals) - 1)
+    rejected = VideoOutcome("w", tmp_path / "w.mp4", "sha")
+    rejected.add({"key": "w", "path": "w.mp4", "state": json.dumps({"error": {"step": "probe", "reason": "empty"}})})
+    assert rejected.complete

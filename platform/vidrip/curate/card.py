@@ -156,6 +156,7 @@ _CLIP_COLUMNS: dict[str, tuple[str, bool, str]] = {
     "screen_text": ("sc:Text", True, "Text read on screen during the clip (OCR), before inpainting."),
     "quality": ("sc:Integer", False, "LLM quality score 0-5; empty when the clip was not scored."),
     "kept": ("sc:Boolean", False, "Whether the clip passed the quality threshold."),
+    "crop": ("sc:Integer", True, "Tissue crop in the decoded source frame: x0, y0, x1, y1 pixels."),
 }
 _REJECT_COLUMNS: dict[str, tuple[str, bool, str]] = {
     "source": ("sc:Text", False, "Path of the input video."),

@@ -27,6 +27,38 @@ def reason_kind(reason: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", head).strip("_") or "other"
 
 
+def step_counts(parts: list[dict], rejected: Counter) -> dict[str, int]:
+    """What went into and came out of each step: ``count.<step>.in`` / ``.out``.
+
+    Units: input videos (probe, transcribe, and into shots), shots (out of shots), keyframes (detect),
+    ok keyframes read by OCR (text), clip frames (trim: in; frames kept in clips: out), clips (clips,
+    instruct: in written, out kept by the LLM)."""
+    n = len(parts)
+    probed = n - rejected.get("probe", 0)
+    transcribed = probed - rejected.get("transcribe", 0)
+    frames = Counter()
+    for p in parts:
+        frames.update(p["frames"])
+    clips = sum(len(p["clips"]) for p in parts)
+    return {
+        "count.probe.in": n,
+        "count.probe.out": probed,
+        "count.transcribe.in": probed,
+        "count.transcribe.out": transcribed,
+        "count.shots.in": transcribed,
+        "count.shots.out": sum(p["shots"] or 0 for p in parts),
+        "count.detect.in": frames["keyframes"],
+        "count.detect.out": frames["keyframes_ok"],
+        "count.text.in": frames["keyframes_ok"],
+        "count.text.out": frames["keyframes_ok"],
+        "count.trim.in": frames["clip_frames"],
+        "count.trim.out": frames["in_clips"],
+        "count.clips.out": clips,
+        "count.instruct.in": clips,
+        "count.instruct.out": sum(1 for p in parts for c in p["clips"] if c.get("kept")),
+    }
+
+
 def curation_metrics(parts: list[dict], counts: dict[str, int], croissant: dict[str, int], seconds: float) -> dict:
     """Flat metrics of a run over every input's part."""
     m: dict[str, float] = {"inputs": len(parts), "wall_seconds": round(seconds, 3)}
@@ -59,6 +91,7 @@ def curation_metrics(parts: list[dict], counts: dict[str, int], croissant: dict[
         step_seconds.update(p["seconds"])
     for step, s in step_seconds.items():
         m[f"seconds.{step}"] = round(s, 3)
+    m |= step_counts(parts, rejected)
     m["clips"] = counts["clips"]
     m["clips_kept"] = sum(1 for p in parts for c in p["clips"] if c.get("kept"))
     m["clip_records"] = counts["clip_records"]

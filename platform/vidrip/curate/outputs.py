@@ -11,6 +11,9 @@ finished input)::
 Then, over all parts (also those of earlier runs)::
 
     clips.parquet  rejects.parquet  clip_instructions.json  video_instructions.json  contact_sheet.png
+
+``clips.parquet`` has one row per clip: source and its sha256, time span, frames, size, crop box in the
+source frame, transcript, screen text, LLM quality and whether it was kept.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 from vidrip.curate.clips import letterbox
 from vidrip.curate.rows import get_state
 from vidrip.data.encode import write_mp4
+from vidrip.data.schema import InstructionRecord
 
 __all__ = ["VideoOutcome", "aggregate", "contact_sheet", "write_json_atomic"]
 
@@ -175,6 +179,11 @@ def write_video(out: Path, video_id: str, clip_files: list[str], fps: int) -> st
     return rel
 
 
+def _valid(record: dict) -> dict:
+    """The record as the training stages will read it (the foundation's schema); raises if it is not."""
+    return InstructionRecord.model_validate(record).to_json()
+
+
 def aggregate(out: Path, parts: list[dict]) -> dict[str, int]:
     """Write the tables and the instruction files from every part; returns their row counts."""
     import pandas as pd
@@ -213,12 +222,13 @@ def aggregate(out: Path, parts: list[dict]) -> dict[str, int]:
                     "screen_text": list(c["screen_text"]),
                     "quality": c.get("score"),
                     "kept": bool(c.get("kept", False)),
+                    "crop": [int(v) for v in c["crop"]],
                 }
             )
             if c.get("record"):
-                clip_records.append(c["record"])
+                clip_records.append(_valid(c["record"]))
         if part.get("video_record"):
-            video_records.append(part["video_record"])
+            video_records.append(_valid(part["video_record"]))
     clip_cols = [
         "clip_id",
         "video",
@@ -234,6 +244,7 @@ def aggregate(out: Path, parts: list[dict]) -> dict[str, int]:
         "screen_text",
         "quality",
         "kept",
+        "crop",
     ]
     table = pd.DataFrame(clips, columns=clip_cols).astype({"quality": "Int64"})
     table.to_parquet(out / "clips.parquet", index=False)

@@ -6,16 +6,19 @@ Run as::
     python jobs/curate.py --config jobs/configs/curate.yaml
     ray job submit --working-dir . -- python jobs/curate.py --config jobs/configs/curate.yaml ray.address=auto
 
-Steps, each a callable class in its own module and a Ray Data operator here::
+Steps, each a callable class in its own module, grouped into five Ray Data operators::
 
-    probe ─ transcribe* ─ shots+keyframes ─ detect* ─ text (OCR + inpaint)* ─ trim+clips ─ instruct (LLM)
+    [probe, transcribe*] ─ [shots, keyframes] ─ [detect*] ─ [text (OCR + inpaint)*, trim, clips] ─ [instruct]
     (* model steps: on a GPU node when the cluster has one, ``num_gpus`` = ``resources.gpu_fraction``)
 
-Light steps are chained into one operator (``Chain``) so that a 2-core laptop is not asked for a CPU
-slot per step; every operator is an actor pool (``ActorPoolStrategy``) with the CPU share set in
-``resources``. The driver collects the rows of each input, and when its last shot is through, writes
-its part file (the unit of resumption), its stage-3 video and its chain-of-thought record
-(see :mod:`vidrip.curate.outputs`). Re-running skips inputs whose part exists for the same content
+A light step rides in the operator of its neighbour (``Chain``, ``BatchChain``): every operator is an
+actor pool (``ActorPoolStrategy``) of processes that each import Ray Data and load their models, so on
+a 2-core laptop fewer, busier processes finish sooner (measured by ``jobs/bench_curate.py``); the CPU
+share and pool size of each operator are in ``resources``.
+
+The driver collects the rows of each input, and when its last shot is through, writes its part file
+(the unit of resumption), its stage-3 video and its chain-of-thought record (see
+:mod:`vidrip.curate.outputs`). Re-running skips inputs whose part exists for the same content
 hash and processing config.
 """
 
@@ -42,6 +45,7 @@ from vidrip.curate.instruct import Instruct, InstructionGenerator, LLMConfig, Vi
 from vidrip.curate.keyframes import Keyframes, KeyframesConfig
 from vidrip.curate.outputs import VideoOutcome, aggregate, contact_sheet, write_json_atomic, write_video
 from vidrip.curate.probe import Probe, ProbeConfig
+from vidrip.curate.rows import batch_rows, rows_batch
 from vidrip.curate.shots import Shots, ShotsConfig
 from vidrip.curate.text import TextConfig, TextInpaint
 from vidrip.curate.transcribe import TranscribeConfig, Transcriber
@@ -49,28 +53,35 @@ from vidrip.curate.trim import Trim, TrimConfig
 from vidrip.runtime import RayConfig
 from vidrip.tracking import TrackingConfig
 
-__all__ = ["Chain", "CurateConfig", "CurationResult", "ResourcesConfig", "check_ready", "run_curation"]
+__all__ = ["BatchChain", "Chain", "CurateConfig", "CurationResult", "ResourcesConfig", "check_ready", "run_curation"]
 
 log = logging.getLogger(__name__)
 
 
 class StepResources(StrictConfig):
     num_cpus: float = Field(gt=0)
-    max_actors: int = Field(default=1, ge=1, description="the actor pool grows from 1 to this")
+    min_actors: int = Field(default=1, ge=1, description="actors started at once")
+    max_actors: int = Field(default=1, ge=1, description="the actor pool grows up to this")
+    tasks_in_flight: int = Field(default=2, ge=1, description="batches queued per actor (low: even load)")
+
+    @model_validator(mode="after")
+    def _check(self) -> StepResources:
+        if self.max_actors < self.min_actors:
+            raise ValueError(f"max_actors {self.max_actors} < min_actors {self.min_actors}")
+        return self
 
 
 class ResourcesConfig(StrictConfig):
-    """CPU share and pool size of each operator. The defaults fit one 2-core machine (they sum to < 2);
-    on a cluster raise ``max_actors``. ``gpu: auto`` puts the model steps on GPUs when there are any."""
+    """CPU share and pool size of each operator. The defaults fit one 2-core machine: one actor per
+    operator (1.3 CPU) and a second OCR actor, OCR being most of the work. On a cluster raise
+    ``max_actors``. ``gpu: auto`` puts the model steps on GPUs when there are any."""
 
     gpu: Literal["auto", "never"] = "auto"
     gpu_fraction: float = Field(default=0.25, gt=0, le=1, description="GPU share of each model actor")
-    probe: StepResources = StepResources(num_cpus=0.1)
-    transcribe: StepResources = StepResources(num_cpus=0.4)
-    split: StepResources = StepResources(num_cpus=0.4)
-    detect: StepResources = StepResources(num_cpus=0.4)
-    text: StepResources = StepResources(num_cpus=0.4)
-    cut: StepResources = StepResources(num_cpus=0.2)
+    transcribe: StepResources = StepResources(num_cpus=0.25)  # probe + transcribe
+    split: StepResources = StepResources(num_cpus=0.25)  # shots + keyframes
+    detect: StepResources = StepResources(num_cpus=0.25)
+    text: StepResources = StepResources(num_cpus=0.5, min_actors=2, max_actors=2, tasks_in_flight=1)  # + trim, clips
     instruct: StepResources = StepResources(num_cpus=0.05)
 
 
@@ -130,6 +141,19 @@ class Chain:
         return rows
 
 
+class BatchChain:
+    """A batched step, then row steps on each of its rows, in one Ray Data actor (``map_batches``)."""
+
+    def __init__(self, batch_step: tuple[type, tuple], row_steps: list[tuple[type, tuple]]):
+        cls, args = batch_step
+        self.batch_step = cls(*args)
+        self.rows = Chain(row_steps)
+
+    def __call__(self, batch: dict) -> dict:
+        rows = [out for row in batch_rows(self.batch_step(batch)) for out in self.rows(row)]
+        return rows_batch(rows)
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")[:40] or "video"
 
@@ -160,19 +184,24 @@ def processing_sha(cfg: CurateConfig) -> str:
 def _pool(res: StepResources):
     from ray.data import ActorPoolStrategy
 
-    return {"compute": ActorPoolStrategy(min_size=1, max_size=res.max_actors), "num_cpus": res.num_cpus}
+    pool = ActorPoolStrategy(
+        min_size=res.min_actors, max_size=res.max_actors, max_tasks_in_flight_per_actor=res.tasks_in_flight
+    )
+    return {"compute": pool, "num_cpus": res.num_cpus}
 
 
 def build_dataset(cfg: CurateConfig, items: list[dict], out: Path, gpus: float):
     """The Ray Data pipeline over ``items`` (``{"key", "path", "state"}`` rows), lazily."""
     import ray
 
+    ctx = ray.data.DataContext.get_current()
+    ctx.issue_detectors_config.detectors = []  # its memory hints are noise here: models are loaded per actor
     r = cfg.resources
     gpu = {"num_gpus": r.gpu_fraction} if gpus > 0 and r.gpu == "auto" else {}
     fps = cfg.clips.fps
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    ds = ds.map(Probe, fn_constructor_args=(cfg.probe,), **_pool(r.probe))
-    ds = ds.map(Transcriber, fn_constructor_args=(cfg.transcribe,), **_pool(r.transcribe), **gpu)
+    read = [(Probe, (cfg.probe,)), (Transcriber, (cfg.transcribe,))]
+    ds = ds.flat_map(Chain, fn_constructor_args=(read,), **_pool(r.transcribe), **gpu)
     split = [(Shots, (cfg.shots, fps)), (Keyframes, (cfg.keyframes, fps))]
     ds = ds.flat_map(Chain, fn_constructor_args=(split,), **_pool(r.split))
     ds = ds.map_batches(
@@ -183,16 +212,15 @@ def build_dataset(cfg: CurateConfig, items: list[dict], out: Path, gpus: float):
         **_pool(r.detect),
         **gpu,
     )
+    cut = [(Trim, (cfg.trim, fps)), (WriteClips, (cfg.clips, str(out)))]
     ds = ds.map_batches(
-        TextInpaint,
-        fn_constructor_args=(cfg.text,),
+        BatchChain,
+        fn_constructor_args=((TextInpaint, (cfg.text,)), cut),
         batch_size=cfg.text.batch_size,
         batch_format="numpy",
         **_pool(r.text),
         **gpu,
     )
-    cut = [(Trim, (cfg.trim, fps)), (WriteClips, (cfg.clips, str(out)))]
-    ds = ds.flat_map(Chain, fn_constructor_args=(cut,), **_pool(r.cut))
     if cfg.instructions:
         ds = ds.map_batches(
             Instruct,
@@ -299,6 +327,7 @@ def run_curation(cfg: CurateConfig, progress: bool = True) -> CurationResult:
             len(todo),
             out,
         )
+        pipeline_started = time.perf_counter()
         if todo:
             finisher = _Finisher(cfg, out, config_sha)
             outcomes = {vid: VideoOutcome(vid, p, s or "") for vid, p, s in todo}
@@ -319,6 +348,7 @@ def run_curation(cfg: CurateConfig, progress: bool = True) -> CurationResult:
                 if parts[vid] is None:
                     log.warning("%s: only part of its rows came back; recording what arrived", outcome.source)
                     parts[vid] = finisher(outcome) if outcome.rows else None
+        pipeline_seconds = time.perf_counter() - pipeline_started
         done = [p for p in parts.values() if p is not None]
         counts = aggregate(out, done)
         kept = sum(1 for p in done for c in p["clips"] if c.get("kept"))
@@ -339,6 +369,8 @@ def run_curation(cfg: CurateConfig, progress: bool = True) -> CurationResult:
         clip_ids = [c["clip_id"] for p in done for c in p["clips"]][: cfg.contact_sheet_clips]
         sheet = contact_sheet(out, clip_ids, out / "contact_sheet.png")
         metrics = log_curation(done, counts, check, sheet, out, seconds=time.perf_counter() - started)
+        metrics["pipeline_seconds"] = round(pipeline_seconds, 3)
+        mlflow.log_metric("pipeline_seconds", metrics["pipeline_seconds"])
         mlflow.set_tag("vidrip.output", str(out))
         return CurationResult(out, len(paths), len(paths) - len(todo), counts, metrics, run.info.run_id)
 

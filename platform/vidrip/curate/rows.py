@@ -54,11 +54,11 @@ def guarded(step: str, row: dict, fn: Callable[[dict, dict], list[dict] | dict])
         state["error"] = {"step": step, "reason": reason[:500]}
         out = [{**row, "state": state} | ({"frames": EMPTY_FRAMES} if "frames" in row else {})]
     seconds = (time.perf_counter() - start) / max(1, len(out))
-    for r in out:
-        st = r["state"]
-        st.setdefault("seconds", {})
-        st["seconds"][step] = st["seconds"].get(step, 0.0) + seconds
-        r["state"] = json.dumps(st)
+    inherited = dict(state.get("seconds", {}))
+    for i, r in enumerate(out):
+        # earlier steps' seconds stay with the first output only, so summing over a video's rows counts each once
+        own = inherited if i == 0 else {}
+        r["state"] = json.dumps({**r["state"], "seconds": {**own, step: own.get(step, 0.0) + seconds}})
     return out
 
 

@@ -102,7 +102,7 @@ class Shots:
             vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, width=w, height=h)
         except (decord.DECORDError, RuntimeError) as exc:
             raise StepRejected(f"unreadable video stream ({str(exc).splitlines()[0][:200]})") from None
-        dh = max(2, round(self.cfg.detect_width * h / w))
+        size = (self.cfg.detect_width, max(2, round(self.cfg.detect_width * h / w)))
         wanted_clip, wanted_small = set(clip_idx.tolist()), set(detect_idx.tolist())
         full, small = {}, {}
         order = np.unique(np.concatenate([clip_idx, detect_idx]))
@@ -119,7 +119,8 @@ class Shots:
                 if i in wanted_clip:
                     full[i] = frame
                 if i in wanted_small:
-                    small[i] = cv2.resize(frame[..., ::-1], (self.cfg.detect_width, dh), interpolation=cv2.INTER_AREA)
+                    # area-resample the RGB frame, then flip channels on the small copy (cheaper than the reverse)
+                    small[i] = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)[..., ::-1]
         return np.stack([full[i] for i in clip_idx.tolist()]), [small[i] for i in detect_idx.tolist()]
 
     def __call__(self, row: dict) -> list[dict]:
