@@ -40,3 +40,24 @@ def test_the_single_process_baseline_runs_and_reports(tmp_path, sample_dir, trac
     assert single["steps_measured"] == 2 and single["samples_per_second"] > 0 and single["tokens_per_second"] > 0
     assert json.loads((tmp_path / "bench_train.json").read_text())["results"] == out["results"]
     assert format_results(out).splitlines()[1].startswith("single          1")
+
+
+@pytest.mark.integration
+def test_the_curation_loop_baseline_and_decode_measure_run(tmp_path, sample_dir, detector_weights):
+    from vidrip.curate.bench import _summary, decode_overhead, format_results, run_loop
+    from vidrip.curate.pipeline import CurateConfig
+
+    cfg = CurateConfig(
+        inputs=[str(sample_dir / "raw")],
+        out=str(tmp_path / "out"),
+        instructions=False,
+        detect={"weights": str(detector_weights)},
+    )
+    loop = run_loop(cfg)
+    summary = _summary(loop["parts"], loop["seconds"])
+    assert summary["clips"] >= 2 and summary["frames_decoded"] > 0 and 0 < summary["heavy_model_frame_share"] < 1
+    assert {"transcribe", "shots", "detect", "text", "clips"} <= set(summary["step_seconds"])
+    decode = decode_overhead(cfg, repeats=1)
+    assert decode["frames"] == summary["frames_decoded"] and decode["raw_decord_frames_per_second"] > 0
+    report = format_results({"results": {"loop": summary}, "decode": decode})
+    assert report.splitlines()[1].startswith("loop") and "overhead" in report
