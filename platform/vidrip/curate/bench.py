@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import statistics
 import time
@@ -119,40 +118,11 @@ def run_loop(cfg: CurateConfig) -> dict:
     return {"seconds": time.perf_counter() - start, "parts": parts}
 
 
-def _loop_child(cfg_json: str, queue) -> None:
+def _loop_child(cfg_json: str) -> dict:
     from vidrip.runtime import apply_offline_env
 
     apply_offline_env()
-    result = run_loop(CurateConfig.model_validate_json(cfg_json))
-    queue.put(result)
-
-
-def _loop_in_child(cfg: CurateConfig) -> dict:
-    """:func:`run_loop` in a fresh process with one thread per library, as a Ray worker with one CPU has."""
-    import multiprocessing
-    from queue import Empty
-
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    saved = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        child = ctx.Process(target=_loop_child, args=(cfg.model_dump_json(), queue))
-        child.start()
-    finally:
-        if saved is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = saved
-    while True:
-        try:
-            result = queue.get(timeout=5)
-            break
-        except Empty:
-            if not child.is_alive():
-                raise RuntimeError(f"the single-process loop failed (exit code {child.exitcode})") from None
-    child.join()
-    return result
+    return run_loop(CurateConfig.model_validate_json(cfg_json))
 
 
 def _summary(parts: list[dict], seconds: float) -> dict:
@@ -234,6 +204,7 @@ def run_bench(cfg: BenchCurateConfig) -> dict:
     """Measure every mode; returns (and writes) the results."""
     import mlflow
 
+    from vidrip.childproc import run_in_child
     from vidrip.curate.detector_train import train_detector
     from vidrip.curate.pipeline import run_curation
     from vidrip.data.sample.build import build_sample
@@ -260,7 +231,8 @@ def run_bench(cfg: BenchCurateConfig) -> dict:
             run_cfg = cfg.curate.model_copy(update={"out": str(out), "workdir": str(workdir), "tracking": cfg.tracking})
             log.info("bench: curation, %s", mode)
             if mode == "loop":
-                loop = _loop_in_child(run_cfg)
+                # one thread per library, as in a Ray worker holding one CPU
+                loop = run_in_child(_loop_child, run_cfg.model_dump_json(), threads="1", what="the loop")
                 results[mode] = _summary(loop["parts"], loop["seconds"])
             elif mode == "ray":
                 with ray_session(cfg.ray, workdir):

@@ -41,7 +41,7 @@ class DetectConfig(StrictConfig):
     conf: float = Field(default=0.25, gt=0, lt=1)
     presenter_fraction: float = Field(default=0.3, gt=0, le=1)
     min_tissue_fraction: float = Field(default=0.05, ge=0, le=1)
-    batch_size: int = Field(default=2, ge=1, description="shots per Ray Data batch")
+    batch_size: int = Field(default=2, ge=1, description="shots per Ray Data batch (detect, text, trim, clips)")
     threads: int = Field(default=1, ge=1, description="torch CPU threads per actor")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

@@ -630,12 +630,15 @@ class InstructionGenerator:
         except openai.APIConnectionError as exc:
             raise LLMError(f"LLM endpoint {self.base_url} cannot be reached ({exc}): check 'llm.base_url'") from exc
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
-            raise LLMError(
-                f"LLM endpoint {self.base_url} refused the API key (HTTP {exc.status_code}): set 'llm.api_key' "
-                f"or the environment variable {' or '.join(API_KEY_ENV)}"
-            ) from exc
+            raise self._key_refused(exc) from exc
         except openai.APIStatusError as exc:
             log.warning("LLM endpoint %s: GET /models answered HTTP %s; going on", self.base_url, exc.status_code)
+
+    def _key_refused(self, exc) -> LLMError:
+        return LLMError(
+            f"LLM endpoint {self.base_url} refused the API key (HTTP {exc.status_code}): set 'llm.api_key' "
+            f"or the environment variable {' or '.join(API_KEY_ENV)} ({_short(exc.message)})"
+        )
 
     def _backoff(self, attempt: int) -> float:
         return min(self.cfg.backoff_s * 2**attempt, _MAX_BACKOFF_S) * random.uniform(0.5, 1.5)
@@ -672,10 +675,7 @@ class InstructionGenerator:
         except openai.APIConnectionError as exc:
             raise _Retryable(f"cannot reach {self.base_url}: {exc}") from exc
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
-            raise LLMError(
-                f"LLM endpoint {self.base_url} refused the API key (HTTP {exc.status_code}): set 'llm.api_key' "
-                f"or the environment variable {' or '.join(API_KEY_ENV)} ({_short(exc.message)})"
-            ) from exc
+            raise self._key_refused(exc) from exc
         except openai.NotFoundError as exc:
             raise LLMError(
                 f"LLM endpoint {self.base_url} answered HTTP 404 for model {self.cfg.model!r}: check 'llm.base_url' "

@@ -6,15 +6,16 @@ Run as::
     python jobs/curate.py --config jobs/configs/curate.yaml
     ray job submit --working-dir . -- python jobs/curate.py --config jobs/configs/curate.yaml ray.address=auto
 
-Steps, each a callable class in its own module, grouped into five Ray Data operators::
+Steps, each a callable class in its own module, grouped into four Ray Data operators::
 
-    [probe, transcribe*] ─ [shots, keyframes] ─ [detect*] ─ [text (OCR + inpaint)*, trim, clips] ─ [instruct]
+    [probe, transcribe*] ─ [shots, keyframes] ─ [detect*, text (OCR + inpaint)*, trim, clips] ─ [instruct]
     (* model steps: on a GPU node when the cluster has one, ``num_gpus`` = ``resources.gpu_fraction``)
 
-A light step rides in the operator of its neighbour (``Chain``, ``BatchChain``): every operator is an
-actor pool (``ActorPoolStrategy``) of processes that each import Ray Data and load their models, so on
-a 2-core laptop fewer, busier processes finish sooner (measured by ``jobs/bench_curate.py``); the CPU
-share and pool size of each operator are in ``resources``.
+Decoding (shots) runs on its own, the model steps with their neighbours (``Chain``, ``BatchChain``):
+every operator is an actor pool (``ActorPoolStrategy``) of processes that each import Ray Data and load
+their models, and a hop between operators costs the driver and Ray Data's bookkeeping CPU, so fewer,
+busier processes finish sooner (``jobs/bench_curate.py`` on 2 cores against a single-process loop:
+7 operators 1.04x, 4 or 5 operators about 1.4x). The CPU share and pool size of each operator are in ``resources``.
 
 The driver collects the rows of each input, and when its last shot is through, writes its part file
 (the unit of resumption), its stage-3 video and its chain-of-thought record (see
@@ -72,16 +73,16 @@ class StepResources(StrictConfig):
 
 
 class ResourcesConfig(StrictConfig):
-    """CPU share and pool size of each operator. The defaults fit one 2-core machine: one actor per
-    operator (1.3 CPU) and a second OCR actor, OCR being most of the work. On a cluster raise
+    """CPU share and pool size of each operator. The defaults fit one 2-core machine: two vision actors
+    (detection and OCR are most of the work) beside one reader and one decoder. On a cluster raise
     ``max_actors``. ``gpu: auto`` puts the model steps on GPUs when there are any."""
 
     gpu: Literal["auto", "never"] = "auto"
     gpu_fraction: float = Field(default=0.25, gt=0, le=1, description="GPU share of each model actor")
     transcribe: StepResources = StepResources(num_cpus=0.25)  # probe + transcribe
     split: StepResources = StepResources(num_cpus=0.25)  # shots + keyframes
-    detect: StepResources = StepResources(num_cpus=0.25)
-    text: StepResources = StepResources(num_cpus=0.5, min_actors=2, max_actors=2, tasks_in_flight=1)  # + trim, clips
+    vision: StepResources = StepResources(num_cpus=0.7, min_actors=2, max_actors=2, tasks_in_flight=1)
+    # vision: detect + text + trim + clips
     instruct: StepResources = StepResources(num_cpus=0.05)
 
 
@@ -142,16 +143,16 @@ class Chain:
 
 
 class BatchChain:
-    """A batched step, then row steps on each of its rows, in one Ray Data actor (``map_batches``)."""
+    """Batched steps in turn, then row steps on each row, in one Ray Data actor (``map_batches``)."""
 
-    def __init__(self, batch_step: tuple[type, tuple], row_steps: list[tuple[type, tuple]]):
-        cls, args = batch_step
-        self.batch_step = cls(*args)
+    def __init__(self, batch_steps: list[tuple[type, tuple]], row_steps: list[tuple[type, tuple]]):
+        self.batch_steps = [cls(*args) for cls, args in batch_steps]
         self.rows = Chain(row_steps)
 
     def __call__(self, batch: dict) -> dict:
-        rows = [out for row in batch_rows(self.batch_step(batch)) for out in self.rows(row)]
-        return rows_batch(rows)
+        for step in self.batch_steps:
+            batch = step(batch)
+        return rows_batch([out for row in batch_rows(batch) for out in self.rows(row)])
 
 
 def _slug(name: str) -> str:
@@ -177,6 +178,7 @@ def processing_sha(cfg: CurateConfig) -> str:
         include={"probe", "transcribe", "shots", "keyframes", "detect", "text", "trim", "clips", "instructions"},
     )
     steps["llm"] = cfg.llm.model_dump(mode="json", include={"model", "temperature", "max_tokens", "min_quality"})
+    steps["detect"].pop("weights")  # where the detector lies does not matter, its bytes do
     steps["detector_sha256"] = sha256_file(Path(cfg.detect.weights))
     return hashlib.sha256(json.dumps(steps, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -204,21 +206,14 @@ def build_dataset(cfg: CurateConfig, items: list[dict], out: Path, gpus: float):
     ds = ds.flat_map(Chain, fn_constructor_args=(read,), **_pool(r.transcribe), **gpu)
     split = [(Shots, (cfg.shots, fps)), (Keyframes, (cfg.keyframes, fps))]
     ds = ds.flat_map(Chain, fn_constructor_args=(split,), **_pool(r.split))
-    ds = ds.map_batches(
-        Detect,
-        fn_constructor_args=(cfg.detect,),
-        batch_size=cfg.detect.batch_size,
-        batch_format="numpy",
-        **_pool(r.detect),
-        **gpu,
-    )
+    models = [(Detect, (cfg.detect,)), (TextInpaint, (cfg.text,))]
     cut = [(Trim, (cfg.trim, fps)), (WriteClips, (cfg.clips, str(out)))]
     ds = ds.map_batches(
         BatchChain,
-        fn_constructor_args=((TextInpaint, (cfg.text,)), cut),
-        batch_size=cfg.text.batch_size,
+        fn_constructor_args=(models, cut),
+        batch_size=cfg.detect.batch_size,
         batch_format="numpy",
-        **_pool(r.text),
+        **_pool(r.vision),
         **gpu,
     )
     if cfg.instructions:
@@ -285,6 +280,28 @@ class _Finisher:
             self.generator.close()
 
 
+def _with_absolute_paths(cfg: CurateConfig) -> CurateConfig:
+    """The config with its file paths made absolute here, so that Ray workers, whatever their working
+    directory, read the same files (on a multi-node cluster: on shared storage)."""
+
+    def absolute(p: str | None) -> str | None:
+        return None if p is None else str(Path(p).expanduser().resolve())
+
+    return cfg.model_copy(
+        update={
+            "out": absolute(cfg.out),
+            "detect": cfg.detect.model_copy(update={"weights": absolute(cfg.detect.weights)}),
+            "transcribe": cfg.transcribe.model_copy(update={"model": absolute(cfg.transcribe.model)}),
+            "text": cfg.text.model_copy(
+                update={
+                    "doctr_det_weights": absolute(cfg.text.doctr_det_weights),
+                    "doctr_reco_weights": absolute(cfg.text.doctr_reco_weights),
+                }
+            ),
+        }
+    )
+
+
 def _load_part(path: Path, config_sha: str, sha: str | None) -> dict | None:
     if not path.is_file():
         return None
@@ -304,7 +321,8 @@ def run_curation(cfg: CurateConfig, progress: bool = True) -> CurationResult:
     from vidrip.curate.metrics import log_curation
     from vidrip.tracking import job_run
 
-    out = Path(cfg.out).resolve()
+    cfg = _with_absolute_paths(cfg)
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = resolve_inputs(cfg.inputs)
     check_ready(cfg)
@@ -345,9 +363,12 @@ def run_curation(cfg: CurateConfig, progress: bool = True) -> CurationResult:
             finally:
                 finisher.close()
             for vid, outcome in outcomes.items():
-                if parts[vid] is None:
-                    log.warning("%s: only part of its rows came back; recording what arrived", outcome.source)
-                    parts[vid] = finisher(outcome) if outcome.rows else None
+                if parts[vid] is None:  # never expected: recorded, so that no input goes missing
+                    log.warning("%s: only %d rows came back from the pipeline", outcome.source, len(outcome.rows))
+                    if not outcome.rows:
+                        lost = {"error": {"step": "pipeline", "reason": "no result came back from the pipeline"}}
+                        outcome.add({"key": vid, "path": str(outcome.source), "state": json.dumps(lost)})
+                    parts[vid] = finisher(outcome)
         pipeline_seconds = time.perf_counter() - pipeline_started
         done = [p for p in parts.values() if p is not None]
         counts = aggregate(out, done)

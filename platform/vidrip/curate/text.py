@@ -48,7 +48,6 @@ class TextConfig(StrictConfig):
     inpaint_radius: int = Field(default=3, ge=1)
     mask_presenter: bool = True
     verify: bool = True
-    batch_size: int = Field(default=2, ge=1, description="shots per Ray Data batch")
     threads: int = Field(default=1, ge=1, description="OCR threads per actor (one per CPU the actor holds)")
 
 

@@ -116,8 +116,8 @@ def _run_config(cfg: BenchTrainConfig, mode: str, data_root: Path) -> StageRunCo
     )
 
 
-def _single_process_child(run_json: str, queue) -> None:
-    """In a fresh process: the stage's Trainer as rank 0 of a world of one; its log history goes to ``queue``."""
+def _single_process_child(run_json: str) -> list[dict]:
+    """In a fresh process: the stage's Trainer as rank 0 of a world of one; returns its log history."""
     import socket
 
     from vidrip.train.loop import build_trainer
@@ -132,38 +132,15 @@ def _single_process_child(run_json: str, queue) -> None:
     deepspeed = json.loads(Path(run.deepspeed).read_text()) if run.deepspeed else None
     trainer = build_trainer(run.model_copy(update={"save_steps": run.max_steps + 1}), deepspeed, 0, 1)
     trainer.train()
-    queue.put(list(trainer.state.log_history))
+    return list(trainer.state.log_history)
 
 
 def _single_process(run: StageRunConfig, cpus: float) -> list[dict]:
-    """The stage's Trainer in one fresh process, with the thread limits a Ray worker with ``cpus`` CPUs gets
-    (Ray sets ``OMP_NUM_THREADS``; without it torch and the image libraries would use every core)."""
-    import multiprocessing
-    from queue import Empty
+    """The stage's Trainer in one fresh process, with the thread limits a Ray worker with ``cpus`` CPUs gets."""
+    from vidrip.childproc import run_in_child
 
-    threads = str(max(1, int(cpus))) if not run.use_gpu else os.environ.get("OMP_NUM_THREADS", "")
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    saved = os.environ.get("OMP_NUM_THREADS")
-    if threads:
-        os.environ["OMP_NUM_THREADS"] = threads  # inherited by the spawned child at its start
-    try:
-        child = ctx.Process(target=_single_process_child, args=(run.model_dump_json(), queue))
-        child.start()
-    finally:
-        if saved is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = saved
-    while True:
-        try:
-            history = queue.get(timeout=5)
-            break
-        except Empty:
-            if not child.is_alive():
-                raise RuntimeError(f"the single-process run failed (exit code {child.exitcode})") from None
-    child.join()
-    return history
+    threads = str(max(1, int(cpus))) if not run.use_gpu else None
+    return run_in_child(_single_process_child, run.model_dump_json(), threads)
 
 
 def _ray(run: StageRunConfig) -> list[dict]:
