@@ -253,6 +253,14 @@ def test_an_input_is_complete_only_when_every_shot_and_clip_has_arrived(tmp_path
         assert not outcome.complete
         outcome.add(r)
         assert outcome.complete == (i == len(arrivals) - 1)
+    # a clip that fails after trimming still counts as one of its shot's rows
+    late = VideoOutcome("u", tmp_path / "u.mp4", "sha")
+    late.add(row(0, 0, 2, error={"step": "clips", "reason": "disk full"}))
+    late.add(row(1, None, 0))
+    late.add(row(2, None, 0))
+    assert not late.complete
+    late.add(row(0, 1, 2))
+    assert late.complete
     rejected = VideoOutcome("w", tmp_path / "w.mp4", "sha")
     rejected.add({"key": "w", "path": "w.mp4", "state": json.dumps({"error": {"step": "probe", "reason": "empty"}})})
     assert rejected.complete

@@ -66,8 +66,8 @@ class VideoOutcome:
             self.shots = 0
             return
         self.shots = shot["count"]
-        failed = state.get("error") is not None
-        self.expected[shot["index"]] = 1 if failed or not state.get("clips_in_shot") else state["clips_in_shot"]
+        # a shot yields one row per clip once trimmed (a clip failing later is still its row), else one row
+        self.expected[shot["index"]] = state.get("clips_in_shot") or 1
 
     @property
     def complete(self) -> bool:

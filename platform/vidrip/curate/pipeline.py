@@ -357,7 +357,7 @@ def run_curation(cfg: CurateConfig, progress: bool = True) -> CurationResult:
                     for row in ds.iter_rows():
                         outcome = outcomes[row["key"]]
                         outcome.add(row)
-                        if outcome.complete:
+                        if outcome.complete and parts[outcome.video_id] is None:
                             parts[outcome.video_id] = finisher(outcome)
                             bar.update()
             finally:
