@@ -747,6 +747,7 @@ class Instruct:
 
     def __call__(self, batch: dict) -> dict:
         from vidrip.curate.rows import batch_rows, guarded_batch, rows_batch
+        from vidrip.curate.transcribe import transcript_text
 
         def step(rows: list[dict], states: list[dict]) -> None:
             todo = [(row, st) for row, st in zip(rows, states, strict=True) if st.get("clip") is not None]
@@ -757,7 +758,7 @@ class Instruct:
                     source=Path(row["path"]).name,
                     start=st["clip"]["start"],
                     end=st["clip"]["end"],
-                    transcript=" ".join(s["text"].strip() for s in st.get("transcript", [])),
+                    transcript=transcript_text(st.get("transcript", []), st["clip"]["start"], st["clip"]["end"]),
                     screen_text=st.get("screen_text", []),
                 )
                 for row, st in todo

@@ -19,6 +19,7 @@ source frame, transcript, screen text, LLM quality and whether it was kept.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from vidrip.curate.clips import letterbox
 from vidrip.curate.rows import get_state
+from vidrip.curate.transcribe import transcript_text
 from vidrip.data.encode import write_mp4
 from vidrip.data.schema import InstructionRecord
 
@@ -37,10 +39,6 @@ def write_json_atomic(path: Path, data) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=1))
     tmp.replace(path)
-
-
-def _text(segments: list[dict]) -> str:
-    return " ".join(s["text"].strip() for s in segments).strip()
 
 
 def _order(row: dict) -> tuple[int, int]:
@@ -131,7 +129,7 @@ class VideoOutcome:
                     "width": clip["width"],
                     "height": clip["height"],
                     "crop": clip["crop"],
-                    "transcript": _text(st.get("transcript", [])),
+                    "transcript": transcript_text(st.get("transcript", []), clip["start"], clip["end"]),
                     "screen_text": st.get("screen_text", []),
                     **instruction,
                 }
@@ -150,7 +148,7 @@ class VideoOutcome:
             "frames": frames,
             "text_boxes": text_boxes,
             "seconds": seconds,
-            "transcript": _text(sorted(transcript, key=lambda s: s["start"])),
+            "transcript": transcript_text(sorted(transcript, key=lambda s: s["start"]), 0.0, math.inf),
             "screen_text": screen,
         }
 

@@ -317,7 +317,7 @@ def run_curation(cfg: CurateConfig, progress: bool = True) -> CurationResult:
     import mlflow
     import ray
 
-    from vidrip.curate.card import DatasetInfo, check_croissant, write_card, write_croissant
+    from vidrip.curate.card import DatasetInfo, check_croissant, output_counts, write_card, write_croissant
     from vidrip.curate.metrics import log_curation
     from vidrip.tracking import job_run
 
@@ -372,7 +372,6 @@ def run_curation(cfg: CurateConfig, progress: bool = True) -> CurationResult:
         pipeline_seconds = time.perf_counter() - pipeline_started
         done = [p for p in parts.values() if p is not None]
         counts = aggregate(out, done)
-        kept = sum(1 for p in done for c in p["clips"] if c.get("kept"))
         info = DatasetInfo(
             name=cfg.name,
             description=cfg.description,
@@ -383,7 +382,7 @@ def run_curation(cfg: CurateConfig, progress: bool = True) -> CurationResult:
             if cfg.instructions
             else {"model": "none"},
             pipeline={"config_sha": config_sha, "mlflow_run_id": run.info.run_id},
-            counts={"inputs": len(paths), "clips": counts["clips"], "kept_clips": kept, "rejects": counts["rejects"]},
+            counts=output_counts(out) | {"inputs": len(paths)},
         )
         write_card(out, info)
         check = check_croissant(write_croissant(out, info))
