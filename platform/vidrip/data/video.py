@@ -27,11 +27,13 @@ from vidrip.config import StrictConfig
 __all__ = [
     "FramePolicy",
     "SampledFrames",
+    "VideoInfo",
     "VideoReadError",
     "fps_indices",
     "read_frames",
     "sample_indices",
     "uniform_indices",
+    "video_info",
 ]
 
 
@@ -92,6 +94,49 @@ class SampledFrames:
         return self.total_frames / self.video_fps if self.video_fps else 0.0
 
 
+@dataclass(frozen=True)
+class VideoInfo:
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+
+    @property
+    def duration(self) -> float:
+        return self.num_frames / self.fps
+
+
+def _open(p: Path, **kwargs):
+    import decord
+
+    if not p.is_file():
+        raise VideoReadError(p, "file not found")
+    if p.stat().st_size == 0:
+        raise VideoReadError(p, "file is empty (0 bytes)")
+    try:
+        vr = decord.VideoReader(str(p), ctx=decord.cpu(0), num_threads=1, **kwargs)
+    except (decord.DECORDError, RuntimeError) as exc:
+        raise VideoReadError(p, f"no decodable video stream ({str(exc).splitlines()[0][:200]})") from None
+    if len(vr) == 0:
+        raise VideoReadError(p, "the video stream has no frames")
+    if float(vr.get_avg_fps() or 0.0) <= 0:
+        raise VideoReadError(p, "the video stream has no frame rate")
+    return vr
+
+
+def video_info(path: str | Path) -> VideoInfo:
+    """Frame count, frame rate and frame size of ``path`` (decodes one frame); :class:`VideoReadError` if unusable."""
+    import decord
+
+    p = Path(path)
+    vr = _open(p)
+    try:
+        height, width = vr[0].shape[:2]
+    except (decord.DECORDError, RuntimeError, IndexError) as exc:
+        raise VideoReadError(p, f"decoding failed ({str(exc).splitlines()[0][:200]})") from None
+    return VideoInfo(num_frames=len(vr), fps=float(vr.get_avg_fps()), width=int(width), height=int(height))
+
+
 def read_frames(path: str | Path, policy: FramePolicy | None = None, size: int | None = None) -> SampledFrames:
     """Decode the frames ``policy`` picks from ``path``; resize to ``size``² while decoding if given.
 
@@ -101,23 +146,9 @@ def read_frames(path: str | Path, policy: FramePolicy | None = None, size: int |
 
     policy = policy or FramePolicy()
     p = Path(path)
-    if not p.is_file():
-        raise VideoReadError(p, "file not found")
-    if p.stat().st_size == 0:
-        raise VideoReadError(p, "file is empty (0 bytes)")
-    kwargs = {"ctx": decord.cpu(0), "num_threads": 1}
-    if size is not None:
-        kwargs.update(width=int(size), height=int(size))
-    try:
-        vr = decord.VideoReader(str(p), **kwargs)
-    except (decord.DECORDError, RuntimeError) as exc:
-        raise VideoReadError(p, f"no decodable video stream ({str(exc).splitlines()[0][:200]})") from None
+    vr = _open(p, **({"width": int(size), "height": int(size)} if size is not None else {}))
     total = len(vr)
-    fps = float(vr.get_avg_fps() or 0.0)
-    if total == 0:
-        raise VideoReadError(p, "the video stream has no frames")
-    if fps <= 0:
-        raise VideoReadError(p, "the video stream has no frame rate")
+    fps = float(vr.get_avg_fps())
     idx = sample_indices(total, fps, policy)
     try:
         arr = vr.get_batch(idx.tolist()).asnumpy()

@@ -1,0 +1,1 @@
+"""Serving: an OpenAI-compatible endpoint on Ray Serve that takes videos (research use only)."""

@@ -1,0 +1,154 @@
+"""The OpenAI chat-completions protocol as vidrip speaks it: requests, replies, stream chunks and errors.
+
+A request's user turn may carry content parts of three kinds::
+
+    {"type": "text", "text": "What is shown?"}
+    {"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}
+    {"type": "video_url", "video_url": {"url": "https://... | data:video/mp4;base64,... | cases/a.mp4"}}
+
+Fields a client may send that change nothing here (``user``, ``stream_options`` beyond usage, ...) are
+ignored, as OpenAI's own servers do; fields that would change the answer and are not supported (``n`` > 1,
+tools) are refused by name. Errors are OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "APIError",
+    "ChatRequest",
+    "ImagePart",
+    "Message",
+    "TextPart",
+    "VideoPart",
+    "chunk",
+    "completion",
+    "error_body",
+    "new_stream_id",
+]
+
+
+class APIError(Exception):
+    """An error the client sees: HTTP status and OpenAI's error object. The message never holds a trace."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param=None, code=None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+
+    def __reduce__(self):  # crosses Ray's process boundaries intact
+        return (_api_error, (self.status, self.message, self.type, self.param, self.code))
+
+    def body(self) -> dict:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def _api_error(status, message, type, param, code) -> APIError:
+    return APIError(status, message, type=type, param=param, code=code)
+
+
+def error_body(message: str, type: str = "invalid_request_error", param=None, code=None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextPart(_Part):
+    type: Literal["text"]
+    text: str
+
+
+class _URL(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    url: str = Field(min_length=1)
+
+
+class ImagePart(_Part):
+    type: Literal["image_url"]
+    image_url: _URL
+
+
+class VideoPart(_Part):
+    type: Literal["video_url"]
+    video_url: _URL
+
+
+Part = Annotated[TextPart | ImagePart | VideoPart, Field(discriminator="type")]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant"]
+    content: str | list[Part]
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """``POST /v1/chat/completions``."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(default=1, ge=1, le=1, description="one choice per request")
+
+    def token_budget(self, default: int) -> int:
+        return self.max_completion_tokens or self.max_tokens or default
+
+
+def _id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+def completion(model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int) -> dict:
+    """A non-streaming reply."""
+    return {
+        "id": _id(),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def chunk(ident: str, created: int, model: str, delta: dict, finish_reason: str | None = None, usage=None) -> dict:
+    """One server-sent event of a streamed reply (``usage`` only on the last, when asked for)."""
+    out = {
+        "id": ident,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}] if usage is None else [],
+    }
+    if usage is not None:
+        out["usage"] = usage
+    return out
+
+
+def new_stream_id() -> tuple[str, int]:
+    return _id(), int(time.time())
