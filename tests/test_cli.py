@@ -19,7 +19,7 @@ def test_help_lists_every_subcommand(venv_bin):
     assert "Research use only, not for clinical decisions" in " ".join(out.stdout.split())
 
 
-@pytest.mark.parametrize("cmd", ["serve", "eval"])
+@pytest.mark.parametrize("cmd", ["eval"])
 def test_later_steps_say_not_yet_available(venv_bin, cmd):
     out = _vidrip(venv_bin, cmd)
     assert out.returncode == 2

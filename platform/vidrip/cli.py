@@ -11,7 +11,8 @@
     vidrip ui [--workdir work] [--port 5000]          MLflow UI on 127.0.0.1
     vidrip curate [--config jobs/configs/curate.yaml]  raw teaching videos to clips + instruction JSON (Ray Data)
     vidrip curate train-detector [--config ...]       fine-tune the tissue/person detector curation uses
-    vidrip serve | eval                               later steps of the pipeline
+    vidrip serve [--config serve_apps/tiny.yaml]      the OpenAI-compatible endpoint that takes videos (Ray Serve)
+    vidrip eval                                       a later step of the pipeline
 
 Every job takes ``--config FILE`` (YAML) and ``key=value`` overrides (dotted keys for sections).
 Research use only, not for clinical decisions.
@@ -34,8 +35,9 @@ __all__ = ["main"]
 CURATE_CONFIG = "jobs/configs/curate.yaml"
 DETECTOR_CONFIG = "jobs/configs/train_detector.yaml"
 
+SERVE_CONFIG = "serve_apps/tiny.yaml"
+
 PLANNED = {
-    "serve": "serve an OpenAI-compatible endpoint that takes videos (Ray Serve)",
     "eval": "score models with the Video-ChatGPT judge metrics",
 }
 
@@ -102,6 +104,19 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="sweep LoRA rank x learning rate on stage 3 (Ray Tune, ASHA), promote the best")
     _add_config_args(p, "tune_configs/lora_sweep_tiny.yaml")
+
+    p = sub.add_parser(
+        "serve",
+        help="serve an OpenAI-compatible endpoint that takes videos (Ray Serve) until Ctrl-C",
+        description="Deploy a Serve config YAML (the one `serve run` takes) on a Ray head on 127.0.0.1 and keep it "
+        "up until Ctrl-C. key=value overrides go to the application's args (vidrip.serve.config.ServeConfig), "
+        "e.g. adapters.vidrip-video=work/stage3/checkpoint. A key is generated and printed unless one is set "
+        "($VIDRIP_API_KEY). Research use only, not for clinical decisions.",
+    )
+    _add_config_args(p, SERVE_CONFIG)
+    p.add_argument("--workdir", default="work", help="Ray's files and the MLflow store (default: work)")
+    p.add_argument("--port", type=int, help="HTTP port (default: the YAML's http_options.port)")
+    p.add_argument("--ray-address", help="deploy on this Ray cluster (host:port) instead of starting a head")
 
     p = sub.add_parser("head", help="keep a Ray head up on 127.0.0.1 for `ray job submit` (Ctrl-C stops it)")
     _add_config_args(p, None)
@@ -308,9 +323,42 @@ def _cmd_head(args) -> int:
         print(f"Ray head ready on {cfg.ray.gcs_address}, dashboard {cfg.ray.dashboard_url} (Ctrl-C stops it)")
         print(f"submit jobs with:\n  export {exports}")
         demo = "python jobs/demo.py --config jobs/configs/demo.yaml ray.address=auto"
-        print(f"  ray job submit --working-dir . -- {demo}", flush=True)
+        print(f"  ray job submit --working-dir . -- {demo}")
+        print(f"  serve run serve_apps/tiny.yaml --address {cfg.ray.gcs_address}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             head.wait()
+    return 0
+
+
+def _cmd_serve(args) -> int:
+    import signal
+    import threading
+
+    from vidrip.runtime import RayConfig
+    from vidrip.serve.launch import load_serve_yaml, served
+
+    spec = load_serve_yaml(args.config, args.overrides)
+    if args.port is not None:
+        spec.port = args.port
+    ray_cfg = RayConfig(address=args.ray_address) if args.ray_address else RayConfig()
+    stop = threading.Event()
+    with served(spec, args.workdir, ray_cfg) as endpoint:
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())  # after ray.init, which installs its own
+        key = endpoint.api_key
+        print(f"vidrip endpoint: {endpoint.base_url}  (models: {', '.join(spec.config.model_names())})")
+        print(f"page to try it:  {endpoint.url}/")
+        if key and endpoint.generated_key:
+            print(f"API key (generated for this run; set VIDRIP_API_KEY to choose one): {key}")
+        print(
+            "ask it:\n"
+            f"  python serve_apps/client.py --base-url {endpoint.base_url} --api-key {key or 'none'} "
+            "--model vidrip-base --video work/sample/test/<video>.mp4\n"
+            "Research use only, not for clinical decisions. Ctrl-C stops it.",
+            flush=True,
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            while not stop.wait(1.0):
+                pass
     return 0
 
 
@@ -345,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         "convert": _cmd_convert,
         "tune": _cmd_tune,
         "curate": _cmd_curate,
+        "serve": _cmd_serve,
         "ui": _cmd_ui,
     }
     try:

@@ -337,8 +337,9 @@ class LocalRayHead:
             self.proc.wait(timeout=10)
 
     def submit_env(self) -> dict[str, str]:
-        """What a shell needs to ``ray job submit`` to this head."""
-        keys = ("RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")
+        """What a shell needs to ``ray job submit`` or ``serve run --address`` to this head (the last needs Ray's
+        multi-node mode off, or it swaps 127.0.0.1 for the host's outward address)."""
+        keys = ("RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", _LOOPBACK_ONLY_VAR)
         return {k: v for k, v in ray_env(self.config, self.workdir).items() if k in keys}
 
     def wait(self) -> int:

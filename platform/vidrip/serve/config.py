@@ -91,7 +91,11 @@ class ReplicaConfig(StrictConfig):
 class ServeConfig(StrictConfig):
     """One endpoint: a base model, the LoRA adapters served on it, media rules, limits, key."""
 
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelConfig = Field(
+        default_factory=ModelConfig,
+        description="the base model; with no checkpoint and some adapters, the base the first adapter was "
+        "trained on (stage 2's checkpoint for a stage-3 adapter)",
+    )
     served_name: str = Field(default="vidrip-base", min_length=1, description="the `model` name of the base model")
     adapters: dict[str, str] = Field(
         default_factory=dict,

@@ -76,7 +76,7 @@ class Engine:
 
             mlflow.set_tracking_uri(cfg.tracking_uri)
         self.cfg = cfg
-        base = resolve_checkpoint(cfg.model)
+        base = resolve_checkpoint(self._base_config(cfg))
         if base.checkpoint and (Path(base.checkpoint) / "adapter_config.json").is_file():
             raise ValueError(
                 f"model.checkpoint: {cfg.model.checkpoint} is a LoRA adapter; serve its base model as `model` "
@@ -90,6 +90,18 @@ class Engine:
         self._adapters: dict[str, dict] = {}  # name -> the adapter's fully trained tensors
         self._base_values: dict[str, torch.Tensor] = {}  # originals of every tensor an adapter replaced
         self._active: str | None = None
+
+    def _base_config(self, cfg: ServeConfig) -> ModelConfig:
+        """``cfg.model``; without a checkpoint but with adapters, the base the first adapter was trained on."""
+        import json
+
+        if cfg.model.checkpoint is not None or not cfg.adapters:
+            return cfg.model
+        first = next(iter(cfg.adapters))
+        recorded = self.adapter_path(first) / "adapter_config.json"
+        if not recorded.is_file():
+            raise FileNotFoundError(f"adapters.{first}: {recorded.parent} holds no adapter_config.json")
+        return cfg.model.model_copy(update={"checkpoint": json.loads(recorded.read_text())["base_model_name_or_path"]})
 
     def _image_size(self) -> int:
         size = self.processor.video_processor.size

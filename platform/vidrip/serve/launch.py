@@ -1,0 +1,126 @@
+"""``vidrip serve``: deploy a Serve config YAML (``serve_apps/tiny.yaml``) on a local Ray head and keep it up.
+
+    vidrip serve [--config serve_apps/tiny.yaml] [--workdir work] [--port 8000] [key=value ...]
+
+The YAML is the one ``serve run`` takes; its first application's ``args`` (a :class:`ServeConfig`) take
+the ``key=value`` overrides. Relative paths in them are made absolute, ``tracking_uri`` defaults to the
+work directory's MLflow store, and when no key is configured one is generated and printed: the endpoint
+is never open by accident. Ctrl-C stops the app and the Ray head this command started, nothing else.
+
+    with served(load_serve_yaml("serve_apps/tiny.yaml", ["adapters.vidrip-video=..."]), workdir) as ep:
+        openai.OpenAI(base_url=ep.base_url, api_key=ep.api_key)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from vidrip.config import ConfigError, apply_overrides
+from vidrip.runtime import RayConfig, ray_session
+from vidrip.serve.config import ServeConfig
+from vidrip.tracking import TrackingConfig, resolve_tracking_uri
+
+__all__ = ["Endpoint", "ServeYaml", "load_serve_yaml", "served"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeYaml:
+    """What ``vidrip serve`` needs from a Serve config file."""
+
+    config: ServeConfig
+    name: str
+    route_prefix: str
+    host: str
+    port: int
+
+
+@dataclass
+class Endpoint:
+    url: str
+    api_key: str | None
+    name: str
+    generated_key: bool = False
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+
+def load_serve_yaml(path: str | Path, overrides: list[str] = ()) -> ServeYaml:
+    """The first application of a Serve config YAML, its ``args`` validated as a :class:`ServeConfig`."""
+    from pydantic import ValidationError
+
+    source = str(path)
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{source}: config file not found")
+    data = yaml.safe_load(p.read_text()) or {}
+    apps = data.get("applications") or []
+    if not apps:
+        raise ConfigError(f"{source}: no 'applications' in this Serve config")
+    app = apps[0]
+    args = apply_overrides(app.get("args") or {}, overrides, f"{source} (command-line override)")
+    try:
+        config = ServeConfig.model_validate(args)
+    except ValidationError as exc:
+        lines = [
+            f"{source}: applications[0].args.{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()
+        ]
+        raise ConfigError("\n".join(lines)) from None
+    http = data.get("http_options") or {}
+    return ServeYaml(
+        config=config,
+        name=app.get("name", "vidrip"),
+        route_prefix=app.get("route_prefix", "/"),
+        host=http.get("host", "127.0.0.1"),
+        port=int(http.get("port", 8000)),
+    )
+
+
+def _absolute(ref: str | None) -> str | None:
+    """A relative local path made absolute (registry references and hub ids are left alone)."""
+    if ref is None or ref.startswith("models:/") or not Path(ref).exists():
+        return ref
+    return str(Path(ref).resolve())
+
+
+def resolve_for_local(cfg: ServeConfig, workdir: Path) -> tuple[ServeConfig, bool]:
+    """Paths absolute, the work directory's MLflow store, and a key (generated when none is set: True)."""
+    update: dict = {
+        "model": cfg.model.model_copy(update={"checkpoint": _absolute(cfg.model.checkpoint)}),
+        "adapters": {name: _absolute(ref) for name, ref in cfg.adapters.items()},
+        "media": cfg.media.model_copy(update={"root": _absolute(cfg.media.root)}),
+        "tracking_uri": cfg.tracking_uri or resolve_tracking_uri(TrackingConfig(), workdir),
+    }
+    generated = cfg.resolved_api_key() is None
+    if generated:
+        update["api_key"] = secrets.token_urlsafe(24)
+    return cfg.model_copy(update=update), generated
+
+
+@contextlib.contextmanager
+def served(spec: ServeYaml, workdir: str | Path, ray: RayConfig | None = None) -> Iterator[Endpoint]:
+    """The app deployed on a local head (or ``ray.address``) for the block; everything it started stops after."""
+    from ray import serve
+
+    from vidrip.serve.app import build_app
+
+    workdir = Path(workdir).resolve()
+    cfg, generated = resolve_for_local(spec.config, workdir)
+    with ray_session(ray or RayConfig(), workdir):
+        serve.start(http_options={"host": spec.host, "port": spec.port})
+        try:
+            serve.run(build_app(cfg), name=spec.name, route_prefix=spec.route_prefix)
+            url = f"http://{spec.host}:{spec.port}{spec.route_prefix.rstrip('/')}"
+            yield Endpoint(url=url, api_key=cfg.resolved_api_key(), name=spec.name, generated_key=generated)
+        finally:
+            serve.shutdown()
