@@ -40,6 +40,7 @@ demo: setup
 bench: setup
 	$(BIN)/python jobs/bench_train.py --config jobs/configs/bench_train.yaml
 	$(BIN)/python jobs/bench_curate.py --config jobs/configs/bench_curate.yaml
+	$(BIN)/python jobs/bench_serve.py --config jobs/configs/bench_serve.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -61,3 +61,39 @@ def test_the_curation_loop_baseline_and_decode_measure_run(tmp_path, sample_dir,
     assert decode["frames"] == summary["frames_decoded"] and decode["raw_decord_frames_per_second"] > 0
     report = format_results({"results": {"loop": summary}, "decode": decode})
     assert report.splitlines()[1].startswith("loop") and "overhead" in report
+
+
+@pytest.mark.integration
+def test_the_serving_benchmark_runs_every_measure(ray_head, tmp_path):
+    from conftest import free_port
+    from vidrip.runtime import RayConfig
+    from vidrip.serve.bench import BenchServeConfig
+    from vidrip.serve.bench import format_results as format_serve
+    from vidrip.serve.bench import run_bench as run_serve_bench
+
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "auth_token").write_text((ray_head.workdir / "ray" / "auth_token").read_text())
+    cfg = BenchServeConfig(
+        workdir=str(tmp_path),
+        clients=4,
+        seconds=3,
+        warmup_seconds=1,
+        batch_sizes=[4, 1],
+        max_tokens=4,
+        video_size=64,
+        latency_requests=2,
+        latency_seconds=2,
+        autoscale_seconds=25,
+        autoscale_target_ongoing=0.5,
+        http_port=free_port(),
+        ray=RayConfig(address=ray_head.config.gcs_address, ports=ray_head.config.ports),
+    )
+    out = run_serve_bench(cfg)
+    for mode in ("batch_4", "batch_1"):
+        assert out["modes"][mode]["requests"] > 0 and out["modes"][mode]["errors"] == 0, out["modes"][mode]
+    assert out["batching_speedup"] > 0 and out["in_process_p50_s"] > 0 and out["served_one_client_p50_s"] > 0
+    scale = out["autoscale"]
+    assert scale["max_replicas_under_load"] == 2 and scale["seconds_to_scale_down_after_load"] is not None
+    assert scale["load"]["errors"] == 0
+    assert json.loads((tmp_path / "bench_serve.json").read_text())["modes"] == out["modes"]
+    assert "batching speed-up" in format_serve(out)

@@ -8,6 +8,7 @@ from vidrip.curate.detector_train import DetectorTrainConfig
 from vidrip.curate.pipeline import CurateConfig
 from vidrip.data.sample.build import SampleConfig
 from vidrip.demo import DemoConfig
+from vidrip.serve.bench import BenchServeConfig
 from vidrip.sweep.run import SweepConfig
 from vidrip.train.bench import BenchTrainConfig
 from vidrip.train.chain import TrainConfig
@@ -23,15 +24,31 @@ SCHEMAS = {
     "jobs/configs/train_detector.yaml": DetectorTrainConfig,
     "jobs/configs/curate.yaml": CurateConfig,
     "jobs/configs/bench_curate.yaml": BenchCurateConfig,
+    "jobs/configs/bench_serve.yaml": BenchServeConfig,
     "tune_configs/lora_sweep_tiny.yaml": SweepConfig,
     "tune_configs/lora_sweep_7b.yaml": SweepConfig,
 }
+# Serve config files: Ray's own schema for the file, vidrip's ServeConfig for the application's args.
+SERVE_YAMLS = ["serve_apps/tiny.yaml", "serve_apps/ov7b.yaml"]
 YAML_FOLDERS = ("jobs", "serve_apps", "tune_configs", "cluster")
 
 
 def test_every_shipped_yaml_is_known(repo):
     found = {str(p.relative_to(repo)) for d in YAML_FOLDERS for p in (repo / d).rglob("*.y*ml")}
-    assert found == set(SCHEMAS), "add new YAML files to SCHEMAS with their schema"
+    assert found == set(SCHEMAS) | set(SERVE_YAMLS), "add new YAML files to SCHEMAS with their schema"
+
+
+@pytest.mark.parametrize("rel", SERVE_YAMLS)
+def test_serve_yaml_validates_against_rays_schema_and_ours(repo, rel):
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from vidrip.serve.launch import load_serve_yaml
+
+    schema = ServeDeploySchema.model_validate(yaml.safe_load((repo / rel).read_text()))
+    assert schema.applications[0].import_path == "serve_apps.vidrip_app:build_app"
+    spec = load_serve_yaml(repo / rel)
+    assert spec.config.replicas.max_replicas >= spec.config.replicas.min_replicas
 
 
 @pytest.mark.parametrize("rel", sorted(SCHEMAS))

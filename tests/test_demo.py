@@ -1,4 +1,4 @@
-"""The demo end to end on the session's Ray cluster: sample -> answer on a Ray worker -> MLflow run."""
+"""The demo end to end on the session's Ray cluster: sample -> served on Ray Serve -> asked -> MLflow run."""
 
 import json
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import SMALL_SAMPLE
+from conftest import SMALL_SAMPLE, free_port
 from vidrip.demo import DemoConfig, ensure_sample, run_demo
 from vidrip.runtime import RayConfig
 
@@ -20,6 +20,7 @@ def test_demo_records_a_finished_run_with_the_answer(ray_head, tmp_path, trackin
         tracking=tracking,
         train_config=None,  # training has its own tests (tests/test_train.py); `make demo` trains
         max_new_tokens=4,
+        serve_port=free_port(),
     )
     # the demo connects with the head's own token
     (tmp_path / "work" / "ray").mkdir(parents=True)
@@ -31,6 +32,7 @@ def test_demo_records_a_finished_run_with_the_answer(ray_head, tmp_path, trackin
     answer = json.loads(Path(artifact).read_text())
     assert answer["question"] and answer["reference_answer"].count("Diagnosis: ") == 1
     assert isinstance(answer["answer"], str) and answer["completion_tokens"] <= 4
+    assert answer["served_model"] == "vidrip-base"  # nothing trained: the demo's model, served on Ray Serve
     assert answer["frames"] == len(answer["frame_timestamps"]) == 6  # 6 s video, 1 frame per second
     assert answer["frame_timestamps"] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     assert json.loads((tmp_path / "work" / "demo_answer.json").read_text())["answer"] == answer["answer"]

@@ -163,12 +163,20 @@ def _cmd_demo(args) -> int:
         trained = f"{st['global_step']} steps, final loss {st['final_loss']:.3f}, {st['seconds']:.0f} s"
         print(f"stage {st['stage']}         {trained}")
     print(f"model           {out['model']}")
+    asked = f"on Ray Serve, asked with the openai client ({out['request_seconds']} s)"
+    print(f"served as       {out['served_model']!r} {asked}")
     print(f"model answer    {out['answer']!r}")
     print(f"                ({out['note']})")
     print(f"reference       {out['reference_answer']}")
     print(f"answer file     {out['answer_file']}")
     print(f"MLflow run      {out['run_id']} in {out['tracking_uri']}")
     print(f"browse runs     vidrip ui --workdir {cfg.workdir}")
+    again = f"vidrip serve --workdir {cfg.workdir} media.root={out['sample_dir']}"
+    if out["stages"]:
+        again += f" adapters.vidrip-video={out['model']} model.checkpoint=null"
+    print(f"serve it again  {again}")
+    print("                (prints an API key, the endpoint and its page; Ctrl-C stops it)")
+    print("Research use only, not for clinical decisions.")
     return 0
 
 

@@ -7,10 +7,11 @@ Run as::
 
 Steps: build the sample corpus (skipped when it is already there with the same config), start a Ray
 head on loopback (unless ``ray.address`` names a cluster), train stages 0-3 on Ray Train with DeepSpeed
-(``train_config``; each stage from the previous one, through MLflow), answer a test question about a
-sample video with the last stage's model on a Ray worker (1 frame per second, at most 32, as in
-training), and record the run in MLflow with the answer as an artifact. A few CPU steps on a tiny
-model cannot learn the task; the plumbing is what this shows.
+(``train_config``; each stage from the previous one, through MLflow), serve the result on Ray Serve
+(``serve_config``: the stage-3 adapter as ``vidrip-video`` on its stage-2 base, an API key generated for
+the run), ask it about a sample video with the ``openai`` client (1 frame per second, at most 32, as in
+training), and record the run in MLflow with the answer as an artifact. A few CPU steps on a tiny model
+cannot learn the task; the plumbing is what this shows.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from vidrip.runtime import RayConfig, ray_session
 from vidrip.tracking import TrackingConfig, job_run, resolve_tracking_uri
 from vidrip.train.chain import run_stages
 
-__all__ = ["DemoConfig", "answer_on_ray", "demo_train_config", "ensure_sample", "run_demo"]
+__all__ = ["DemoConfig", "ask_endpoint", "demo_serve_spec", "demo_train_config", "ensure_sample", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class DemoConfig(StrictConfig):
         description="train the stages of this config (in the demo's workdir, sample and cluster) and answer "
         "with the last stage's model; None: answer with `model` as it is",
     )
+    serve_config: str = Field(default="serve_apps/tiny.yaml", description="the Serve config the demo deploys")
+    serve_port: int = Field(default=8000, ge=1, le=65535, description="its HTTP port on 127.0.0.1")
     question_index: int = Field(default=0, ge=0)
     max_new_tokens: int = Field(default=48, ge=1, le=1024)
 
@@ -65,34 +68,55 @@ def ensure_sample(cfg: SampleConfig) -> Path:
     return out
 
 
-def _answer_task(model_cfg: dict, video: str, question: str, frames_cfg: dict, max_new_tokens: int) -> dict:
-    """Runs on a Ray worker: load the model, sample frames as in training, answer."""
-    from vidrip.data.video import read_frames
-    from vidrip.model.generate import answer
-    from vidrip.model.loading import load_model, load_processor
+def ask_endpoint(cfg: DemoConfig, spec, workdir: Path, video: str, question: str) -> dict:
+    """Deploy ``spec`` on the connected cluster, ask about ``video`` (a path under the media root) with the
+    ``openai`` client, and take the app down again."""
+    import openai
 
-    start = time.perf_counter()
-    mcfg = ModelConfig.model_validate(model_cfg)
-    model, processor = load_model(mcfg), load_processor(mcfg)
-    sampled = read_frames(video, FramePolicy.model_validate(frames_cfg), size=mcfg.spec.image_size)
-    loaded = time.perf_counter()
-    reply = answer(model, processor, question, frames=sampled.array, max_new_tokens=max_new_tokens)
+    from vidrip.serve.launch import deploy
+
+    with deploy(spec, workdir) as endpoint:
+        client = openai.OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, timeout=300)
+        model = "vidrip-video" if "vidrip-video" in spec.config.adapters else spec.config.served_name
+        started = time.perf_counter()
+        reply = client.chat.completions.create(
+            model=model,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "video_url", "video_url": {"url": video}},
+                        {"type": "text", "text": question},
+                    ],
+                }
+            ],
+            max_tokens=cfg.max_new_tokens,
+        )
+        seconds = time.perf_counter() - started
+    shown = reply.model_extra.get("media") or {}
     return {
-        "answer": reply.text,
-        "prompt_tokens": reply.prompt_tokens,
-        "completion_tokens": reply.completion_tokens,
-        "frames": len(sampled.indices),
-        "frame_timestamps": [round(float(t), 3) for t in sampled.timestamps],
-        "load_seconds": round(loaded - start, 3),
-        "generate_seconds": round(time.perf_counter() - loaded, 3),
+        "answer": reply.choices[0].message.content,
+        "served_model": model,
+        "prompt_tokens": reply.usage.prompt_tokens,
+        "completion_tokens": reply.usage.completion_tokens,
+        "frames": shown.get("frames", 0),
+        "frame_timestamps": shown.get("frame_timestamps", []),
+        "request_seconds": round(seconds, 3),
     }
 
 
-def answer_on_ray(cfg: DemoConfig, model: ModelConfig, video: Path, question: str) -> dict:
-    import ray
+def demo_serve_spec(cfg: DemoConfig, sample_dir: Path, adapter: str | None):
+    """``cfg.serve_config`` set to serve ``adapter`` (or the demo's model when nothing was trained) over the sample."""
+    from vidrip.serve.launch import load_serve_yaml
 
-    task = ray.remote(num_cpus=1)(_answer_task)
-    return ray.get(task.remote(model.model_dump(), str(video), question, cfg.frames.model_dump(), cfg.max_new_tokens))
+    overrides = [f"media.root={sample_dir}", f"frames={json.dumps(cfg.frames.model_dump())}"]
+    if adapter is not None:
+        overrides += ["model.checkpoint=null", f"adapters={json.dumps({'vidrip-video': adapter})}"]
+    else:
+        overrides += [f"model={json.dumps(cfg.model.model_dump())}", "adapters={}"]
+    spec = load_serve_yaml(cfg.serve_config, overrides)
+    spec.port = cfg.serve_port
+    return spec
 
 
 def demo_train_config(cfg: DemoConfig, workdir: Path, sample_dir: Path):
@@ -120,8 +144,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     if cfg.question_index >= len(tests):
         raise ValueError(f"question_index={cfg.question_index}: the sample has {len(tests)} test questions")
     item = tests[cfg.question_index]
-    # a bad training config fails here, not after the Ray head is up
+    # a bad training or serving config fails here, not after the Ray head is up
     train = demo_train_config(cfg, workdir, sample_dir) if cfg.train_config else None
+    demo_serve_spec(cfg, sample_dir, adapter=None)
 
     with (
         ray_session(cfg.ray, workdir),
@@ -130,13 +155,14 @@ def run_demo(cfg: DemoConfig) -> dict:
         import mlflow
 
         stages = run_stages(train) if train is not None else []
-        model = cfg.model.model_copy(update={"checkpoint": stages[-1].checkpoint}) if stages else cfg.model
-        result = answer_on_ray(cfg, model, sample_dir / item.video_name, item.question)
+        adapter = stages[-1].checkpoint if stages else None
+        spec = demo_serve_spec(cfg, sample_dir, adapter)
+        result = ask_endpoint(cfg, spec, workdir, item.video_name, item.question)
         record = {
             "video": item.video_name,
             "question": item.question,
             "reference_answer": item.answer,
-            "model": model.checkpoint or f"{cfg.model.preset} (random weights)",
+            "model": adapter or f"{cfg.model.preset} (random weights)",
             "stages": [s.model_dump() for s in stages],
             "note": (
                 f"{cfg.model.preset} preset after {sum(s.global_step for s in stages)} CPU training steps: "
@@ -147,7 +173,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             **result,
         }
         mlflow.log_dict(record, "answer.json")
-        keys = ("prompt_tokens", "completion_tokens", "frames", "load_seconds", "generate_seconds")
+        keys = ("prompt_tokens", "completion_tokens", "frames", "request_seconds")
         mlflow.log_metrics({k: float(result[k]) for k in keys})
     (workdir / "demo_answer.json").write_text(json.dumps(record, indent=1))
     return {

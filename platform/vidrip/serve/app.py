@@ -11,7 +11,9 @@ streams tokens, and fails its health check when the model cannot generate.
 
 Routes: ``GET /`` (a page to try it), ``GET /v1/models``, ``POST /v1/chat/completions`` (``stream`` too),
 ``GET /v1/samples`` (videos under the media root, for the page), ``GET /healthz``. Every error is OpenAI's
-shape with its status; no stack trace reaches a client (each 500 carries an id that the log has).
+shape with its status; no stack trace reaches a client (each 500 carries an id that the log has). A
+non-streamed reply about a video or image also says what the model was shown (``media``: frames and their
+times), a field OpenAI clients ignore.
 Research use only, not for clinical decisions.
 """
 
@@ -89,6 +91,7 @@ def model_server(cfg: ServeConfig):
                 "image_size": self.engine.image_size,
                 "loaded_adapters": self.engine.loaded_adapters,
                 "pid": os.getpid(),
+                "batch_sizes": dict(self.engine.batch_sizes),
             }
 
         @serve.multiplexed(max_num_models_per_replica=cfg.replicas.max_adapters_per_replica)
@@ -115,9 +118,11 @@ def model_server(cfg: ServeConfig):
             request.adapter = name or None
             return request
 
-        @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
+        # Batches go to the engine as soon as they are sealed; it merges those that wait for the model.
+        @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02, max_concurrent_batches=64)
         async def _batched(self, requests: list[GenRequest]) -> list:
-            return await asyncio.wrap_future(self.engine.submit(requests))
+            futures = [asyncio.wrap_future(f) for f in self.engine.submit(requests)]
+            return await asyncio.gather(*futures)
 
         async def generate(self, request: GenRequest) -> dict:
             reply = await self._batched(await self._prepare(request))
@@ -149,6 +154,9 @@ def model_server(cfg: ServeConfig):
             "min_replicas": r.min_replicas,
             "max_replicas": r.max_replicas,
             "target_ongoing_requests": r.target_ongoing_requests,
+            "upscale_delay_s": r.upscale_delay_s,
+            "downscale_delay_s": r.downscale_delay_s,
+            "look_back_period_s": r.look_back_period_s,
         },
         max_ongoing_requests=r.max_ongoing_requests,
         health_check_period_s=r.health_check_period_s,
@@ -200,6 +208,9 @@ class ApiServer:
 
     @staticmethod
     def _error(exc: BaseException) -> JSONResponse:
+        cause = getattr(exc, "cause", None)  # an APIError raised in the model deployment arrives wrapped by Ray
+        if isinstance(cause, APIError):
+            exc = cause
         if isinstance(exc, APIError):
             headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
             return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
@@ -341,9 +352,12 @@ class ApiServer:
             except TimeoutError:
                 response.cancel()
                 raise
-            return completion(
+            out = completion(
                 req.model, reply["text"], reply["finish_reason"], reply["prompt_tokens"], reply["completion_tokens"]
             )
+            if gen.media is not None:
+                out["media"] = gen.media.describe()  # a vidrip extension: what the model was shown
+            return out
         except Exception as exc:
             return self._error(exc)
 

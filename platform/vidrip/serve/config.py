@@ -79,8 +79,14 @@ class ReplicaConfig(StrictConfig):
     min_replicas: int = Field(default=1, ge=0)
     max_replicas: int = Field(default=1, ge=1)
     target_ongoing_requests: float = Field(default=8.0, gt=0)
+    upscale_delay_s: float = Field(default=30.0, ge=0, description="load must last this long before scaling up")
+    downscale_delay_s: float = Field(default=600.0, ge=0, description="idle this long before scaling down")
+    look_back_period_s: float = Field(default=30.0, gt=0, description="window the ongoing requests are averaged over")
     max_ongoing_requests: int = Field(default=32, ge=1)
     max_adapters_per_replica: int = Field(default=4, ge=1)
+    torch_threads: int | None = Field(
+        default=None, ge=1, description="CPU threads for the model; None: what Ray gives (OMP_NUM_THREADS = num_cpus)"
+    )
     health_check_period_s: float = Field(default=10.0, gt=0)
     health_check_timeout_s: float = Field(default=60.0, gt=0)
     api_num_cpus: float = Field(default=0.2, gt=0)

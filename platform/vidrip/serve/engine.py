@@ -11,7 +11,10 @@ copied back for a request to the base model). Outputs equal those of the adapter
 its own (tested).
 
 Requests share a batch when they agree on adapter, media shape and sampling; a seeded sampled request
-runs alone, so the same seed gives the same answer whatever else is in flight.
+runs alone, so the same seed gives the same answer whatever else is in flight. Batches handed in while
+the model is busy wait together and are merged at the next generation (up to ``batching.max_batch_size``):
+Serve seals its next batch while the current one still runs, so without merging, clients that arrive a
+little apart would settle into small batches that take turns.
 
     engine = Engine(ServeConfig(...))
     replies = engine.generate([GenRequest(...), GenRequest(...)])   # blocking; the deployment calls it off-loop
@@ -19,6 +22,7 @@ runs alone, so the same seed gives the same answer whatever else is in flight.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import threading
@@ -76,6 +80,8 @@ class Engine:
 
             mlflow.set_tracking_uri(cfg.tracking_uri)
         self.cfg = cfg
+        if cfg.replicas.torch_threads is not None:
+            torch.set_num_threads(cfg.replicas.torch_threads)
         base = resolve_checkpoint(self._base_config(cfg))
         if base.checkpoint and (Path(base.checkpoint) / "adapter_config.json").is_file():
             raise ValueError(
@@ -90,6 +96,9 @@ class Engine:
         self._adapters: dict[str, dict] = {}  # name -> the adapter's fully trained tensors
         self._base_values: dict[str, torch.Tensor] = {}  # originals of every tensor an adapter replaced
         self._active: str | None = None
+        self._pending: list[tuple[GenRequest, Future]] = []
+        self._pending_lock = threading.Lock()
+        self.batch_sizes: collections.Counter = collections.Counter()  # generations by batch size
 
     def _base_config(self, cfg: ServeConfig) -> ModelConfig:
         """``cfg.model``; without a checkpoint but with adapters, the base the first adapter was trained on."""
@@ -222,6 +231,7 @@ class Engine:
         import torch
 
         head = group[0]
+        self.batch_sizes[len(group)] += 1
         self._activate(head.adapter)
         inputs = self._inputs(group)
         self._seed(head)
@@ -248,11 +258,26 @@ class Engine:
 
     def generate(self, requests: list[GenRequest]) -> list[Reply | BaseException]:
         """Replies in request order (an exception in place of a request whose group failed); blocking."""
-        return self._on_model_thread(self._generate, requests).result()
+        return [f.result() for f in self.submit(requests)]
 
-    def submit(self, requests: list[GenRequest]) -> Future:
-        """:meth:`generate` as a future (the deployment awaits it with ``asyncio.wrap_future``)."""
-        return self._on_model_thread(self._generate, requests)
+    def submit(self, requests: list[GenRequest]) -> list[Future]:
+        """One future per request, resolved with its :class:`Reply` (or the exception of its group)."""
+        futures = [Future() for _ in requests]
+        with self._pending_lock:
+            self._pending.extend(zip(requests, futures, strict=True))
+        if requests:
+            self._on_model_thread(self._drain)
+        return futures
+
+    def _drain(self) -> None:
+        """Generate for whatever is pending, up to the batch limit (on the model thread)."""
+        with self._pending_lock:
+            take = self._pending[: self.cfg.batching.max_batch_size]
+            del self._pending[: len(take)]
+        if not take:
+            return
+        for (_, future), result in zip(take, self._generate([r for r, _ in take]), strict=True):
+            future.set_result(result)
 
     def stream(self, request: GenRequest) -> tuple[Iterator[str], Future, threading.Event]:
         """Text pieces as they are generated, a future of the whole :class:`Reply` (for usage), and an event

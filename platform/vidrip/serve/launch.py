@@ -27,7 +27,7 @@ from vidrip.runtime import RayConfig, ray_session
 from vidrip.serve.config import ServeConfig
 from vidrip.tracking import TrackingConfig, resolve_tracking_uri
 
-__all__ = ["Endpoint", "ServeYaml", "load_serve_yaml", "served"]
+__all__ = ["Endpoint", "ServeYaml", "deploy", "load_serve_yaml", "resolve_for_local", "served"]
 
 log = logging.getLogger(__name__)
 
@@ -108,19 +108,24 @@ def resolve_for_local(cfg: ServeConfig, workdir: Path) -> tuple[ServeConfig, boo
 
 
 @contextlib.contextmanager
-def served(spec: ServeYaml, workdir: str | Path, ray: RayConfig | None = None) -> Iterator[Endpoint]:
-    """The app deployed on a local head (or ``ray.address``) for the block; everything it started stops after."""
+def deploy(spec: ServeYaml, workdir: str | Path) -> Iterator[Endpoint]:
+    """The app deployed on the Ray cluster this process is connected to, for the block; Serve stops after."""
     from ray import serve
 
     from vidrip.serve.app import build_app
 
-    workdir = Path(workdir).resolve()
-    cfg, generated = resolve_for_local(spec.config, workdir)
-    with ray_session(ray or RayConfig(), workdir):
-        serve.start(http_options={"host": spec.host, "port": spec.port})
-        try:
-            serve.run(build_app(cfg), name=spec.name, route_prefix=spec.route_prefix)
-            url = f"http://{spec.host}:{spec.port}{spec.route_prefix.rstrip('/')}"
-            yield Endpoint(url=url, api_key=cfg.resolved_api_key(), name=spec.name, generated_key=generated)
-        finally:
-            serve.shutdown()
+    cfg, generated = resolve_for_local(spec.config, Path(workdir).resolve())
+    serve.start(http_options={"host": spec.host, "port": spec.port})
+    try:
+        serve.run(build_app(cfg), name=spec.name, route_prefix=spec.route_prefix)
+        url = f"http://{spec.host}:{spec.port}{spec.route_prefix.rstrip('/')}"
+        yield Endpoint(url=url, api_key=cfg.resolved_api_key(), name=spec.name, generated_key=generated)
+    finally:
+        serve.shutdown()
+
+
+@contextlib.contextmanager
+def served(spec: ServeYaml, workdir: str | Path, ray: RayConfig | None = None) -> Iterator[Endpoint]:
+    """:func:`deploy` on a local head (or ``ray.address``); everything it started stops after the block."""
+    with ray_session(ray or RayConfig(), workdir), deploy(spec, workdir) as endpoint:
+        yield endpoint

@@ -38,6 +38,13 @@ class Media:
     frames: np.ndarray | None = None  # video: (T, H, W, 3) uint8 RGB
     image: object | None = None  # image: PIL.Image (RGB)
     seconds: float = 0.0
+    timestamps: tuple[float, ...] = ()  # video: the sampled frames' times (s)
+
+    def describe(self) -> dict:
+        """What the model was shown, for the reply's ``media`` field."""
+        if self.kind == "video":
+            return {"kind": "video", "frames": len(self.timestamps), "frame_timestamps": list(self.timestamps)}
+        return {"kind": "image", "size": list(self.image.size)}
 
     def signature(self) -> tuple:
         """What must match for two requests to share one batch."""
@@ -162,7 +169,8 @@ def _video(source: bytes | Path, param: str, cfg: ServeConfig, image_size: int) 
             raise APIError(
                 400, f"{param}: not a readable video: {exc.reason}", param=param, code="invalid_media"
             ) from None
-        return Media("video", frames=sampled.array, seconds=info.duration)
+        stamps = tuple(round(float(t), 3) for t in sampled.timestamps)
+        return Media("video", frames=sampled.array, seconds=info.duration, timestamps=stamps)
 
 
 def _image(source: bytes | Path, param: str, cfg: ServeConfig) -> Media:
