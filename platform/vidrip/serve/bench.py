@@ -196,7 +196,7 @@ def _autoscale(cfg: BenchServeConfig, media: Path) -> dict:
         target_ongoing_requests=cfg.autoscale_target_ongoing,
         upscale_delay_s=2.0,
         downscale_delay_s=10.0,
-        look_back_period_s=5.0,
+        look_back_period_s=12.0,  # must exceed Serve's metrics interval (10 s)
     )
     serve.run(build_app(scfg), name="autoscale", route_prefix="/")
     seen: list[tuple[float, int]] = []
