@@ -532,3 +532,40 @@ def test_a_slow_client_does_not_stall_the_others(endpoint):
             assert reply.usage.completion_tokens >= 1
     finally:
         slow.close()
+
+
+def _engine(models, **batching):
+    from vidrip.serve.config import ServeConfig
+    from vidrip.serve.engine import Engine
+
+    return Engine(ServeConfig(model={"checkpoint": str(models["base"])}, batching=batching))
+
+
+def test_batches_that_wait_for_the_model_are_merged(models):
+    from vidrip.serve.engine import GenRequest
+
+    engine = _engine(models, max_batch_size=16, fill_wait_s=0)
+    ask = lambda n, tokens: [  # noqa: E731
+        GenRequest(messages=[{"role": "user", "content": "hi"}], max_tokens=tokens) for _ in range(n)
+    ]
+    try:
+        first = engine.submit(ask(1, 64))  # the model is busy with this one while the next two lists arrive
+        while not engine.batch_sizes:  # counted when its generation starts
+            time.sleep(0.005)
+        waiting = engine.submit(ask(3, 4)) + engine.submit(ask(3, 4))
+        replies = [f.result() for f in first + waiting]
+        assert all(r.completion_tokens == (64 if i == 0 else 4) for i, r in enumerate(replies))
+        assert dict(engine.batch_sizes) == {1: 1, 6: 1}
+    finally:
+        engine.close()
+
+
+def test_an_idle_model_does_not_wait_to_fill_a_batch(models):
+    from vidrip.serve.engine import GenRequest
+
+    engine = _engine(models, max_batch_size=16, fill_wait_s=600)
+    try:
+        future = engine.submit([GenRequest(messages=[{"role": "user", "content": "hi"}], max_tokens=2)])[0]
+        assert future.result(timeout=120).completion_tokens == 2  # far less than the 600 s fill wait
+    finally:
+        engine.close()

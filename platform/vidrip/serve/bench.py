@@ -52,6 +52,7 @@ class BenchServeConfig(StrictConfig):
     warmup_seconds: float = Field(default=3.0, ge=0)
     batch_sizes: list[int] = Field(default_factory=lambda: [16, 1], min_length=1)
     batch_wait_timeout_s: float = Field(default=0.02, ge=0, description="how long a batch waits to fill")
+    fill_wait_s: float = Field(default=0.5, ge=0, description="the engine's wait for a short batch to fill")
     max_tokens: int = Field(default=128, ge=1, description="per answer (the random model never stops early)")
     video_seconds: float = Field(default=4.0, gt=0)
     video_size: int = Field(default=128, ge=16)
@@ -78,7 +79,11 @@ def _serve_config(cfg: BenchServeConfig, media: Path, batch: int, **replicas):
             "model": {"preset": "tiny"},
             "media": {"root": str(media)},
             "limits": {"max_tokens": cfg.max_tokens},
-            "batching": {"max_batch_size": batch, "batch_wait_timeout_s": cfg.batch_wait_timeout_s},
+            "batching": {
+                "max_batch_size": batch,
+                "batch_wait_timeout_s": cfg.batch_wait_timeout_s,
+                "fill_wait_s": cfg.fill_wait_s,
+            },
             "api_key": "bench",
             "replicas": {
                 "num_cpus": cfg.replica_cpus,

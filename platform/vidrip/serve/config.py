@@ -68,7 +68,14 @@ class BatchingConfig(StrictConfig):
     """Dynamic batching inside a model replica (``serve.batch``); ``max_batch_size: 1`` turns it off."""
 
     max_batch_size: int = Field(default=16, ge=1)
-    batch_wait_timeout_s: float = Field(default=0.02, ge=0)
+    batch_wait_timeout_s: float = Field(default=0.02, ge=0, description="serve.batch: how long a batch waits to fill")
+    fill_wait_s: float = Field(
+        default=0.5,
+        ge=0,
+        description="under load (a generation just ended), how long a short batch waits to fill before it "
+        "generates; without it, steady clients settle into two half batches that take turns. An idle model "
+        "never waits. About a request's round trip; 0 turns it off",
+    )
 
 
 class ReplicaConfig(StrictConfig):

@@ -13,8 +13,9 @@ its own (tested).
 Requests share a batch when they agree on adapter, media shape and sampling; a seeded sampled request
 runs alone, so the same seed gives the same answer whatever else is in flight. Batches handed in while
 the model is busy wait together and are merged at the next generation (up to ``batching.max_batch_size``):
-Serve seals its next batch while the current one still runs, so without merging, clients that arrive a
-little apart would settle into small batches that take turns.
+Serve seals its next batch while the current one still runs. Under steady load from the same clients,
+batches would still settle into two halves that take turns (one generating while the other waits), so a
+short batch that follows a generation directly waits ``batching.fill_wait_s`` for the returning half.
 
     engine = Engine(ServeConfig(...))
     replies = engine.generate([GenRequest(...), GenRequest(...)])   # blocking; the deployment calls it off-loop
@@ -26,6 +27,7 @@ import collections
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -97,7 +99,8 @@ class Engine:
         self._base_values: dict[str, torch.Tensor] = {}  # originals of every tensor an adapter replaced
         self._active: str | None = None
         self._pending: list[tuple[GenRequest, Future]] = []
-        self._pending_lock = threading.Lock()
+        self._pending_lock = threading.Condition()
+        self._last_done = float("-inf")  # when the last generation ended (monotonic)
         self.batch_sizes: collections.Counter = collections.Counter()  # generations by batch size
 
     def _base_config(self, cfg: ServeConfig) -> ModelConfig:
@@ -235,8 +238,9 @@ class Engine:
         self._activate(head.adapter)
         inputs = self._inputs(group)
         self._seed(head)
+        kwargs = self._gen_kwargs(head, max(r.max_tokens for r in group))
         with torch.inference_mode():
-            out = self.model.generate(**inputs, **self._gen_kwargs(head, max(r.max_tokens for r in group)))
+            out = self.model.generate(**inputs, **kwargs)
         width = inputs["input_ids"].shape[1]
         prompt_lengths = inputs["attention_mask"].sum(dim=1).tolist()
         return [self._reply(out[i, width:].tolist(), int(prompt_lengths[i]), r.max_tokens) for i, r in enumerate(group)]
@@ -265,18 +269,28 @@ class Engine:
         futures = [Future() for _ in requests]
         with self._pending_lock:
             self._pending.extend(zip(requests, futures, strict=True))
+            self._pending_lock.notify_all()
         if requests:
             self._on_model_thread(self._drain)
         return futures
 
     def _drain(self) -> None:
-        """Generate for whatever is pending, up to the batch limit (on the model thread)."""
+        """Generate for whatever is pending, up to the batch limit (on the model thread). Under load (the
+        previous generation ended moments ago) a short batch first waits up to ``batching.fill_wait_s`` for
+        more: the clients of the batch that just finished are on their way back. An idle model never waits."""
+        limit, wait = self.cfg.batching.max_batch_size, self.cfg.batching.fill_wait_s
         with self._pending_lock:
-            take = self._pending[: self.cfg.batching.max_batch_size]
+            if self._pending and wait > 0 and time.monotonic() - self._last_done < wait:
+                self._pending_lock.wait_for(lambda: len(self._pending) >= limit, timeout=wait)
+            take = self._pending[:limit]
             del self._pending[: len(take)]
         if not take:
             return
-        for (_, future), result in zip(take, self._generate([r for r, _ in take]), strict=True):
+        try:
+            results = self._generate([r for r, _ in take])
+        finally:
+            self._last_done = time.monotonic()
+        for (_, future), result in zip(take, results, strict=True):
             future.set_result(result)
 
     def stream(self, request: GenRequest) -> tuple[Iterator[str], Future, threading.Event]:
