@@ -124,9 +124,11 @@ def test_serve_run_deploys_tiny_yaml(ray_head, served_files, venv_bin, repo, sub
     args = spec["applications"][0]["args"]
     args["adapters"] = {"vidrip-video": str(served_files["adapter"])}
     args["media"]["root"] = str(served_files["media"])
+    # the replicas read the key from their own environment, which is the cluster's, not this shell's
+    spec["applications"][0]["runtime_env"] = {"env_vars": {"VIDRIP_API_KEY": "k-serve-run"}}
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(spec))
-    env = {**subprocess_env, **ray_head.submit_env(), "VIDRIP_API_KEY": "k-serve-run"}
+    env = {**subprocess_env, **ray_head.submit_env()}
     env["PYTHONPATH"] = os.pathsep.join([str(repo), env.get("PYTHONPATH", "")])
     proc = subprocess.Popen(
         [venv_bin / "serve", "run", str(config), "--address", ray_head.config.gcs_address],
@@ -148,6 +150,7 @@ def test_serve_run_deploys_tiny_yaml(ray_head, served_files, venv_bin, repo, sub
                 pass
             time.sleep(2)
         assert models == ["vidrip-base", "vidrip-video"], proc.stdout.read() if proc.poll() is not None else models
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 401
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -179,6 +179,8 @@ class ApiServer:
         self.model = model
         self.cfg = ServeConfig.model_validate(cfg_data)
         self.key = self.cfg.resolved_api_key()
+        if self.key is None:
+            log.warning("no API key configured ($%s is not set here): this endpoint is open", self.cfg.api_key_env)
         self._image_size: int | None = None
         self._page = resources.files("vidrip.serve").joinpath("static/index.html").read_text()
 

@@ -99,7 +99,7 @@ class Engine:
         self._base_values: dict[str, torch.Tensor] = {}  # originals of every tensor an adapter replaced
         self._active: str | None = None
         self._pending: list[tuple[GenRequest, Future]] = []
-        self._pending_lock = threading.Condition()
+        self._pending_cv = threading.Condition()
         self._last_done = float("-inf")  # when the last generation ended (monotonic)
         self.batch_sizes: collections.Counter = collections.Counter()  # generations by batch size
 
@@ -267,9 +267,9 @@ class Engine:
     def submit(self, requests: list[GenRequest]) -> list[Future]:
         """One future per request, resolved with its :class:`Reply` (or the exception of its group)."""
         futures = [Future() for _ in requests]
-        with self._pending_lock:
+        with self._pending_cv:
             self._pending.extend(zip(requests, futures, strict=True))
-            self._pending_lock.notify_all()
+            self._pending_cv.notify_all()
         if requests:
             self._on_model_thread(self._drain)
         return futures
@@ -279,15 +279,17 @@ class Engine:
         previous generation ended moments ago) a short batch first waits up to ``batching.fill_wait_s`` for
         more: the clients of the batch that just finished are on their way back. An idle model never waits."""
         limit, wait = self.cfg.batching.max_batch_size, self.cfg.batching.fill_wait_s
-        with self._pending_lock:
+        with self._pending_cv:
             if self._pending and wait > 0 and time.monotonic() - self._last_done < wait:
-                self._pending_lock.wait_for(lambda: len(self._pending) >= limit, timeout=wait)
+                self._pending_cv.wait_for(lambda: len(self._pending) >= limit, timeout=wait)
             take = self._pending[:limit]
             del self._pending[: len(take)]
         if not take:
             return
         try:
             results = self._generate([r for r, _ in take])
+        except BaseException as exc:  # never leave a caller waiting
+            results = [exc] * len(take)
         finally:
             self._last_done = time.monotonic()
         for (_, future), result in zip(take, results, strict=True):
