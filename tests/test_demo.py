@@ -21,6 +21,7 @@ def test_demo_records_a_finished_run_with_the_answer(ray_head, tmp_path, trackin
         train_config=None,  # training has its own tests (tests/test_train.py); `make demo` trains
         max_new_tokens=4,
         serve_port=free_port(),
+        eval_overrides=["limit=2", "models.0.max_tokens=8", "judge.max_retries=1"],
     )
     # the demo connects with the head's own token
     (tmp_path / "work" / "ray").mkdir(parents=True)
@@ -36,6 +37,18 @@ def test_demo_records_a_finished_run_with_the_answer(ray_head, tmp_path, trackin
     assert answer["frames"] == len(answer["frame_timestamps"]) == 6  # 6 s video, 1 frame per second
     assert answer["frame_timestamps"] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     assert json.loads((tmp_path / "work" / "demo_answer.json").read_text())["answer"] == answer["answer"]
+    # the evaluation of what is served (nothing trained: the stage-2 row is the base), judged by the same endpoint
+    evaluation = answer["evaluation"]
+    table = evaluation["table"]
+    assert "| Model | Context | Correct | Detail | Avg | Norm-Avg |" in table
+    assert "| stage 2 (image + clip SFT) |" in table and "stage 3" not in table
+    assert "Judge: vidrip-base" in table and "stand-in" in table and "2 items" in table
+    assert "Judge-free metrics:" in table
+    calls = evaluation["calls"]
+    assert calls["stage 2 (image + clip SFT)"]["requests"] == 2 and 6 <= calls["judge"]["requests"] <= 12
+    eval_run = mlflow.MlflowClient().get_run(evaluation["run_id"])
+    assert eval_run.info.status == "FINISHED" and eval_run.data.tags["vidrip.parent_run_id"] == out["run_id"]
+    assert "stage_2__image___clip_SFT_.norm_avg" in eval_run.data.metrics
 
 
 def test_existing_sample_with_the_same_config_is_reused(sample_dir):

@@ -201,15 +201,15 @@ def _ask(client: openai.OpenAI, model: str, url: str, **kw):
     return client.chat.completions.create(model=model, messages=_video_message(url), **kw)
 
 
-def _reference(checkpoint: Path, video: Path, max_tokens: int = 8) -> str:
-    """The same question answered in this process, frames sampled as in training."""
+def _reference(checkpoint: Path, video: Path, max_tokens: int = 8, policy=None) -> str:
+    """The same question answered in this process, frames sampled as in training (or by ``policy``)."""
     from vidrip.data.video import FramePolicy, read_frames
     from vidrip.model.generate import answer
     from vidrip.model.loading import ModelConfig, load_model, load_processor
 
     cfg = ModelConfig(checkpoint=str(checkpoint))
     model, processor = load_model(cfg), load_processor(cfg)
-    frames = read_frames(video, FramePolicy(), size=64).array
+    frames = read_frames(video, policy or FramePolicy(), size=64).array
     return answer(model, processor, QUESTION, frames=frames, max_new_tokens=max_tokens).text
 
 
@@ -251,6 +251,25 @@ def test_answers_equal_the_checkpoints_own_from_every_media_source(endpoint, mod
     assert _ask(strict, "a1", data_url).choices[0].message.content == expected["a1"]
     assert _ask(lab, "a1", f"{media_server.url}/cases/clip.mp4").choices[0].message.content == expected["a1"]
     assert _ask(lab, "a2", f"{media_server.url}/redirect-in").choices[0].message.content == expected["a2"]
+
+
+def test_a_request_may_ask_for_uniform_frames_as_in_the_papers_evaluation(endpoint, models, media):
+    """vLLM's ``media_io_kwargs``: 5 uniform frames of a 2 s clip instead of the endpoint's 1 per second."""
+    from vidrip.data.video import FramePolicy
+
+    clip = media / "cases" / "clip.mp4"
+    client = endpoint.client()
+    usual = _ask(client, "a1", "cases/clip.mp4")
+    asked = _ask(client, "a1", "cases/clip.mp4", extra_body={"media_io_kwargs": {"video": {"num_frames": 5}}})
+    assert usual.model_extra["media"]["frames"] == 2 and asked.model_extra["media"]["frames"] == 5
+    stamps = asked.model_extra["media"]["frame_timestamps"]
+    assert stamps[0] == 0 and stamps == sorted(stamps) and stamps[-1] > 1.5
+    assert asked.usage.prompt_tokens > usual.usage.prompt_tokens
+    expected = _reference(models["a1"], clip, policy=FramePolicy(rule="uniform", num_frames=5))
+    assert asked.choices[0].message.content == expected
+    capped = {"media_io_kwargs": {"video": {"fps": 2, "num_frames": 3}}}
+    by_fps = _ask(client, "a1", "cases/clip.mp4", extra_body=capped)
+    assert by_fps.model_extra["media"]["frames"] == 3
 
 
 def test_an_adapter_that_cannot_load_is_a_503_and_the_others_still_answer(endpoint):
@@ -342,6 +361,18 @@ BAD_REQUESTS = {
         URL_PARAM,
     ),
     "two videos": (_chat(_video("cases/clip.mp4") + _video("cases/clip.mp4")), None, 400, "messages"),
+    "more frames than the limit": (
+        _chat(_video("cases/clip.mp4"), media_io_kwargs={"video": {"num_frames": 33}}),
+        None,
+        400,
+        "media_io_kwargs.video.num_frames",
+    ),
+    "misspelt frame option": (
+        _chat(_video("cases/clip.mp4"), media_io_kwargs={"video": {"num_frame": 8}}),
+        None,
+        400,
+        "media_io_kwargs.video.num_frame",
+    ),
     "body too large": (_chat("x" * 1_100_000), None, 413, None),
     "media too large": (_chat(_video("big.bin")), None, 413, URL_PARAM),
     "video too long": (_chat(_video("long.mp4")), None, 400, URL_PARAM),

@@ -12,7 +12,8 @@
     vidrip curate [--config jobs/configs/curate.yaml]  raw teaching videos to clips + instruction JSON (Ray Data)
     vidrip curate train-detector [--config ...]       fine-tune the tissue/person detector curation uses
     vidrip serve [--config serve_apps/tiny.yaml]      the OpenAI-compatible endpoint that takes videos (Ray Serve)
-    vidrip eval                                       a later step of the pipeline
+    vidrip eval [--config jobs/configs/eval.yaml]     models side by side on the paper's Video-ChatGPT judge metrics
+    vidrip eval export-lmms-eval DIR [--task NAME]    the test set as an lmms-eval task folder
 
 Every job takes ``--config FILE`` (YAML) and ``key=value`` overrides (dotted keys for sections).
 Research use only, not for clinical decisions.
@@ -36,10 +37,7 @@ CURATE_CONFIG = "jobs/configs/curate.yaml"
 DETECTOR_CONFIG = "jobs/configs/train_detector.yaml"
 
 SERVE_CONFIG = "serve_apps/tiny.yaml"
-
-PLANNED = {
-    "eval": "score models with the Video-ChatGPT judge metrics",
-}
+EVAL_CONFIG = "jobs/configs/eval.yaml"
 
 
 def _add_config_args(p: argparse.ArgumentParser, default: str | None) -> None:
@@ -118,6 +116,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="HTTP port (default: the YAML's http_options.port)")
     p.add_argument("--ray-address", help="deploy on this Ray cluster (host:port) instead of starting a head")
 
+    p = sub.add_parser(
+        "eval",
+        help="score models side by side with the paper's Video-ChatGPT judge metrics; "
+        "`vidrip eval export-lmms-eval DIR` writes the test set as an lmms-eval task",
+        description="vidrip eval [--config FILE] [key=value ...]: every model of the config answers the test set "
+        "(32 uniform frames, greedy, cached), the judge scores context, correctness and detail (0-5, cached, "
+        "failures counted), and the paper's table is printed and saved with judge-free metrics beside it. "
+        "vidrip eval export-lmms-eval DIR [--config FILE] [--task NAME]: the test set as an lmms-eval task folder. "
+        f"Default config {EVAL_CONFIG}. Research use only, not for clinical decisions.",
+    )
+    _add_config_args(p, None)
+    p.add_argument("--task", default="vidrip_video_test", help="export-lmms-eval: the task's name")
+
     p = sub.add_parser("head", help="keep a Ray head up on 127.0.0.1 for `ray job submit` (Ctrl-C stops it)")
     _add_config_args(p, None)
 
@@ -126,9 +137,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--uri", help="tracking URI instead of the work directory's SQLite store")
     p.add_argument("--port", type=int, default=5000)
 
-    for name, what in PLANNED.items():
-        p = sub.add_parser(name, help=f"{what} [not yet available]")
-        p.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -169,6 +177,13 @@ def _cmd_demo(args) -> int:
     print(f"                ({out['note']})")
     print(f"reference       {out['reference_answer']}")
     print(f"answer file     {out['answer_file']}")
+    if "evaluation" in out:
+        ev = out["evaluation"]
+        calls = ", ".join(
+            f"{who} {st['requests']} calls ({st['cache_hits']} cached)" for who, st in ev["calls"].items()
+        )
+        print(f"\n{ev['table']}")
+        print(f"evaluation      {sum(ev['seconds'].values()):.0f} s; {calls}; {ev['paths']['table_md']}")
     print(f"MLflow run      {out['run_id']} in {out['tracking_uri']}")
     print(f"browse runs     vidrip ui --workdir {cfg.workdir}")
     again = f"vidrip serve --workdir {cfg.workdir} media.root={out['sample_dir']}"
@@ -176,6 +191,10 @@ def _cmd_demo(args) -> int:
         again += f" adapters.vidrip-video={out['model']} model.checkpoint=null"
     print(f"serve it again  {again}")
     print("                (prints an API key, the endpoint and its page; Ctrl-C stops it)")
+    print(
+        "then ask it     python serve_apps/client.py --base-url http://127.0.0.1:8000/v1 --api-key <printed key> "
+        f"--model {out['served_model']} --video {out['sample_dir']}/{out['video']}"
+    )
     print("Research use only, not for clinical decisions.")
     return 0
 
@@ -273,14 +292,14 @@ def _cmd_tune(args) -> int:
 def _cmd_curate(args) -> int:
     if args.overrides[:1] == ["train-detector"]:
         return _cmd_train_detector(args.config or DETECTOR_CONFIG, args.overrides[1:])
-    from vidrip.curate.instruct import LLMError
+    from vidrip.chat import ChatError
     from vidrip.curate.pipeline import CurateConfig, check_ready, run_curation
     from vidrip.runtime import ray_session
 
     cfg = load_config(CurateConfig, args.config or CURATE_CONFIG, args.overrides)
     try:
         check_ready(cfg)  # detector and LLM endpoint, before a Ray head is started
-    except LLMError as exc:
+    except ChatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     with ray_session(cfg.ray, Path(cfg.workdir).resolve()):
@@ -370,6 +389,41 @@ def _cmd_serve(args) -> int:
     return 0
 
 
+def _cmd_eval(args) -> int:
+    from vidrip.chat import ChatError
+    from vidrip.eval.config import EvalConfig
+
+    overrides = list(args.overrides)
+    if overrides[:1] == ["export-lmms-eval"]:
+        from vidrip.eval.lmms_export import export_lmms_eval
+
+        if len(overrides) < 2 or "=" in overrides[1]:
+            print(
+                "usage: vidrip eval export-lmms-eval DIR [--config FILE] [--task NAME] [key=value ...]", file=sys.stderr
+            )
+            return 2
+        cfg = load_config(EvalConfig, args.config or EVAL_CONFIG, overrides[2:])
+        folder = export_lmms_eval(cfg, overrides[1], task=args.task)
+        print(f"lmms-eval task written to {folder}")
+        print(f"  python -m lmms_eval --model <model> --tasks {args.task} --include_path {folder}")
+        print("  judge: set VIDRIP_JUDGE_BASE_URL, VIDRIP_JUDGE_MODEL, VIDRIP_JUDGE_API_KEY (or OPENAI_API_KEY)")
+        return 0
+    from vidrip.eval.run import run_eval
+
+    cfg = load_config(EvalConfig, args.config or EVAL_CONFIG, overrides)
+    try:
+        result = run_eval(cfg)
+    except ChatError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("\n" + result.table)
+    calls = ", ".join(f"{who}: {st['requests']} calls, {st['cache_hits']} cached" for who, st in result.stats.items())
+    print(f"requests: {calls}")
+    print(f"seconds: {', '.join(f'{k} {v:.1f}' for k, v in result.seconds.items())}")
+    print(f"written to {cfg.out} (table.md, table.csv, chart.png, per-sample JSONL); MLflow run {result.run_id}")
+    return 0
+
+
 def _cmd_ui(args) -> int:
     from vidrip.tracking import TrackingConfig, serve_ui_command
 
@@ -385,12 +439,6 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if args.command in PLANNED:
-        print(
-            f"vidrip {args.command}: not yet available ({PLANNED[args.command]}); see the project's issues.",
-            file=sys.stderr,
-        )
-        return 2
     handlers = {
         "sample": _cmd_sample,
         "demo": _cmd_demo,
@@ -402,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         "tune": _cmd_tune,
         "curate": _cmd_curate,
         "serve": _cmd_serve,
+        "eval": _cmd_eval,
         "ui": _cmd_ui,
     }
     try:

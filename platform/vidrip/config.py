@@ -65,18 +65,31 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str], source: str)
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
             raise ConfigError(f"{source}: override {item!r}: value is not valid YAML: {exc}") from exc
-        node = out
+        node: Any = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
+            if isinstance(node, list):
+                node = node[_list_index(node, part, item, source)]
+                continue
             part = _existing_key(node, part)
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
-            elif not isinstance(child, dict):
+            elif not isinstance(child, (dict, list)):
                 raise ConfigError(f"{source}: override {item!r}: '{part}' is not a section")
             node = child
-        node[_existing_key(node, parts[-1])] = value
+        if isinstance(node, list):
+            node[_list_index(node, parts[-1], item, source)] = value
+        else:
+            node[_existing_key(node, parts[-1])] = value
     return out
+
+
+def _list_index(node: list, part: str, item: str, source: str) -> int:
+    """``models.1.max_tokens=8``: the list index a dotted override names."""
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"{source}: override {item!r}: '{part}' is not an index of a list of {len(node)}")
+    return int(part)
 
 
 def _existing_key(node: dict, part: str):
@@ -84,8 +97,12 @@ def _existing_key(node: dict, part: str):
     return next((k for k in node if str(k) == part), part)
 
 
-def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, Mapping):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data
 
 
 def load_config(schema: type[C], path: str | Path | None = None, overrides: Iterable[str] = ()) -> C:

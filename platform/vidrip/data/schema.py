@@ -7,7 +7,8 @@ Instruction records are what the four training stages read (LLaVA conversation f
                        {"from": "gpt", "value": "... Diagnosis: lymph node metastasis"}]}
 
 ``<image>`` marks where the media goes, for images and videos alike (as in LLaVA-NeXT). Test records
-follow the ViDRiP test format: ``{"video_name", "question", "answer"}``.
+follow the ViDRiP test format: ``{"video_name", "question", "answer"}``, optionally with ``question_2``, a
+paraphrase for Video-ChatGPT's consistency criterion.
 
 ``load_records`` validates a ``.json`` list or a ``.jsonl`` file, checks that every referenced media
 file exists under the media root, and reports one line per bad record naming file, index and field.
@@ -101,13 +102,18 @@ class TestRecord(_Record):
     video_name: str = Field(min_length=1)
     question: str = Field(min_length=1)
     answer: str = Field(min_length=1)
+    question_2: str | None = Field(
+        default=None,
+        min_length=1,
+        description="a paraphrase of `question` with the same answer (Video-ChatGPT's consistency criterion)",
+    )
 
     @property
     def media(self) -> str:
         return self.video_name
 
     def to_json(self) -> dict:
-        return self.model_dump()
+        return self.model_dump(exclude_none=True)
 
 
 R = TypeVar("R", "InstructionRecord", "TestRecord")

@@ -34,7 +34,7 @@ from ray.serve.handle import DeploymentHandle
 
 from vidrip.serve.config import ServeConfig
 from vidrip.serve.engine import Engine, GenRequest
-from vidrip.serve.media import load_media
+from vidrip.serve.media import frame_policy, load_media
 from vidrip.serve.protocol import APIError, ChatRequest, chunk, completion, error_body, new_stream_id
 
 __all__ = ["RESEARCH_ONLY", "build_app", "model_server"]
@@ -271,7 +271,9 @@ class ApiServer:
         media = None
         if media_parts:
             url, kind, param = media_parts[0]
-            media = await asyncio.to_thread(load_media, url, kind, self.cfg, param, await self._image_size_of_model())
+            policy = frame_policy(self.cfg, req.media_io_kwargs)
+            size = await self._image_size_of_model()
+            media = await asyncio.to_thread(load_media, url, kind, self.cfg, param, size, policy)
         return GenRequest(
             messages=messages,
             media=media,

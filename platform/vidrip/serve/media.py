@@ -6,7 +6,11 @@ symlink that leads out of the root). A video's frames are sampled exactly as in 
 endpoint's :class:`FramePolicy`: one per second, at most 32) and resized while decoding to the model's
 image size; an image is decoded with Pillow after its size is checked (no decompression bombs).
 
-    media = load_media(url, "video", cfg, param="messages[0].content[1].video_url.url", image_size=384)
+A request may ask for other frames (``media_io_kwargs``, see :func:`frame_policy`), within ``limits.max_frames``.
+
+    policy = frame_policy(cfg, request.media_io_kwargs)
+    media = load_media(url, "video", cfg, param="messages[0].content[1].video_url.url", image_size=384,
+                       policy=policy)
     media.frames.shape        # (T, 384, 384, 3) uint8
 """
 
@@ -25,9 +29,9 @@ import numpy as np
 from vidrip.data.video import FramePolicy, VideoReadError, read_frames, video_info
 from vidrip.serve import urlguard
 from vidrip.serve.config import ServeConfig
-from vidrip.serve.protocol import APIError
+from vidrip.serve.protocol import APIError, MediaIOKwargs
 
-__all__ = ["Media", "load_media", "read_source"]
+__all__ = ["Media", "frame_policy", "load_media", "read_source"]
 
 Kind = Literal["image", "video"]
 
@@ -128,7 +132,26 @@ def read_source(url: str, param: str, cfg: ServeConfig) -> bytes | Path:
     return _local(url, param, cfg)
 
 
-def _video(source: bytes | Path, param: str, cfg: ServeConfig, image_size: int) -> Media:
+def frame_policy(cfg: ServeConfig, kwargs: MediaIOKwargs | None) -> FramePolicy:
+    """The frames a request's video is sampled at: the endpoint's policy, or what ``media_io_kwargs.video``
+    asks for (``num_frames``: uniform; ``fps``: per second, at most ``num_frames`` or the endpoint's
+    ``max_frames``), never more than ``limits.max_frames``."""
+    limit = cfg.limits.max_frames
+    asked = kwargs.video if kwargs is not None else None
+    if asked is None or (asked.num_frames is None and asked.fps is None):
+        base = cfg.frames
+        update = {"max_frames": min(base.max_frames, limit), "num_frames": min(base.num_frames, limit)}
+        return FramePolicy.model_validate({**base.model_dump(), **update})
+    if asked.num_frames is not None and asked.num_frames > limit:
+        param = "media_io_kwargs.video.num_frames"
+        raise APIError(400, f"{param}: {asked.num_frames} > limits.max_frames ({limit})", param=param)
+    if asked.fps is not None:
+        cap = asked.num_frames or min(cfg.frames.max_frames, limit)
+        return FramePolicy(rule="fps", fps=asked.fps, max_frames=cap, num_frames=cap)
+    return FramePolicy(rule="uniform", num_frames=asked.num_frames, max_frames=asked.num_frames)
+
+
+def _video(source: bytes | Path, param: str, cfg: ServeConfig, image_size: int, policy: FramePolicy) -> Media:
     with tempfile.TemporaryDirectory(prefix="vidrip-media-") as tmp:
         if isinstance(source, bytes):
             path = Path(tmp) / "upload.mp4"
@@ -157,14 +180,8 @@ def _video(source: bytes | Path, param: str, cfg: ServeConfig, image_size: int) 
                 param=param,
                 code="media_too_long",
             )
-        policy = cfg.frames.model_copy(
-            update={
-                "max_frames": min(cfg.frames.max_frames, limits.max_frames),
-                "num_frames": min(cfg.frames.num_frames, limits.max_frames),
-            }
-        )
         try:
-            sampled = read_frames(path, FramePolicy.model_validate(policy.model_dump()), size=image_size)
+            sampled = read_frames(path, policy, size=image_size)
         except VideoReadError as exc:
             raise APIError(
                 400, f"{param}: not a readable video: {exc.reason}", param=param, code="invalid_media"
@@ -193,7 +210,12 @@ def _image(source: bytes | Path, param: str, cfg: ServeConfig) -> Media:
     return Media("image", image=image)
 
 
-def load_media(url: str, kind: Kind, cfg: ServeConfig, param: str, image_size: int) -> Media:
-    """What the model sees of ``url`` (blocking: call it off the event loop)."""
+def load_media(
+    url: str, kind: Kind, cfg: ServeConfig, param: str, image_size: int, policy: FramePolicy | None = None
+) -> Media:
+    """What the model sees of ``url`` (blocking: call it off the event loop); a video's frames by ``policy``
+    (default: :func:`frame_policy` of the endpoint)."""
     source = read_source(url, param, cfg)
-    return _video(source, param, cfg, image_size) if kind == "video" else _image(source, param, cfg)
+    if kind == "video":
+        return _video(source, param, cfg, image_size, policy or frame_policy(cfg, None))
+    return _image(source, param, cfg)

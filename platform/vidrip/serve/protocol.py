@@ -6,6 +6,11 @@ A request's user turn may carry content parts of three kinds::
     {"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}
     {"type": "video_url", "video_url": {"url": "https://... | data:video/mp4;base64,... | cases/a.mp4"}}
 
+A request may choose how a video is sampled with vLLM's per-request field ``media_io_kwargs``:
+``{"video": {"num_frames": 32}}`` (uniform frames, as in the paper's evaluation) or ``{"video": {"fps": 2}}``
+(capped by the endpoint's ``frames.max_frames``); both: ``fps``, at most ``num_frames``. Without it the
+endpoint's own frame policy applies (as in training).
+
 Fields a client may send that change nothing here (``user``, ``stream_options`` beyond usage, ...) are
 ignored, as OpenAI's own servers do; fields that would change the answer and are not supported (``n`` > 1,
 tools) are refused by name. Errors are OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
@@ -23,6 +28,7 @@ __all__ = [
     "APIError",
     "ChatRequest",
     "ImagePart",
+    "MediaIOKwargs",
     "Message",
     "TextPart",
     "VideoPart",
@@ -97,6 +103,21 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class VideoIOKwargs(BaseModel):
+    """How to sample a request's video: ``num_frames`` uniform frames, or ``fps`` frames per second."""
+
+    model_config = ConfigDict(extra="forbid")
+    num_frames: int | None = Field(default=None, ge=1)
+    fps: float | None = Field(default=None, gt=0)
+
+
+class MediaIOKwargs(BaseModel):
+    """vLLM's per-request ``media_io_kwargs``; only ``video`` means something here."""
+
+    model_config = ConfigDict(extra="ignore")
+    video: VideoIOKwargs = Field(default_factory=VideoIOKwargs)
+
+
 class ChatRequest(BaseModel):
     """``POST /v1/chat/completions``."""
 
@@ -111,6 +132,7 @@ class ChatRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1, description="one choice per request")
+    media_io_kwargs: MediaIOKwargs | None = None
 
     def token_budget(self, default: int) -> int:
         return self.max_completion_tokens or self.max_tokens or default
