@@ -412,6 +412,29 @@ def test_without_a_judge_the_judge_free_metrics_still_say_something(sample_dir, 
     assert row.diagnosis_stated == 1.0 and 0 < row.diagnosis_agreement < 1
 
 
+def test_served_models_are_tagged_with_their_registry_version_and_base(tmp_path, tracking):
+    import mlflow
+
+    from vidrip.eval.run import served_revisions
+    from vidrip.serve.config import ServeConfig
+    from vidrip.tracking import register_checkpoint
+
+    adapter = tmp_path / "stage3"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/models/stage2"}))
+    mlflow.set_tracking_uri(tracking.uri)
+    with mlflow.start_run() as run:
+        pass
+    version = register_checkpoint("vidrip-video", adapter, run.info.run_id)
+    mlflow.MlflowClient().set_registered_model_alias("vidrip-video", "champion", version.version)
+    cfg = ServeConfig(adapters={"vidrip-video": "models:/vidrip-video@champion", "other": str(adapter)})
+    got = served_revisions(cfg, tracking.uri)
+    assert got["vidrip-video"] == (
+        f"models:/vidrip-video@champion = version 1 of MLflow run {run.info.run_id} ({adapter.resolve()})"
+    )
+    assert got["other"] == str(adapter.resolve()) and got["vidrip-base"] == "/models/stage2"
+
+
 def test_endpoints_left_to_serve_need_a_serve_section(sample_dir):
     from vidrip.config import ConfigError
 

@@ -248,6 +248,21 @@ class ChatClient:
         self._key_locks: dict[str, threading.Lock] = {}
         self._client: Any = None
 
+    @classmethod
+    def for_section(cls, section: Any, *, base_url: str, api_key: str, cache_dir: str | Path, **names) -> ChatClient:
+        """A client with a config section's ``timeout_s``, ``max_retries``, ``backoff_s`` and
+        ``max_concurrency``; ``names``: ``setting``, ``what``, ``key_hint``."""
+        return cls(
+            base_url=base_url,
+            api_key=api_key,
+            cache_dir=cache_dir,
+            timeout_s=section.timeout_s,
+            max_retries=section.max_retries,
+            backoff_s=section.backoff_s,
+            max_concurrency=section.max_concurrency,
+            **names,
+        )
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()

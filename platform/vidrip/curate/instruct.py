@@ -329,14 +329,11 @@ class InstructionGenerator:
     def __init__(self, cfg: LLMConfig, cache_dir: str | Path):
         self.cfg = cfg
         self.base_url = cfg.resolved_base_url()
-        self.chat = ChatClient(
+        self.chat = ChatClient.for_section(
+            cfg,
             base_url=self.base_url,
             api_key=cfg.resolved_api_key(),
             cache_dir=cache_dir,
-            timeout_s=cfg.timeout_s,
-            max_retries=cfg.max_retries,
-            backoff_s=cfg.backoff_s,
-            max_concurrency=cfg.max_concurrency,
             setting="llm",
             what="LLM",
             key_hint=f"'llm.api_key' or the environment variable {' or '.join(API_KEY_ENV)}",

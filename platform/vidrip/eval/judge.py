@@ -55,14 +55,11 @@ class Judge:
 
     def __init__(self, cfg: JudgeConfig, base_url: str, cache_dir: str | Path):
         self.cfg = cfg
-        self.chat = ChatClient(
+        self.chat = ChatClient.for_section(
+            cfg,
             base_url=base_url,
             api_key=cfg.resolved_api_key(),
             cache_dir=Path(cache_dir) / "judge",
-            timeout_s=cfg.timeout_s,
-            max_retries=cfg.max_retries,
-            backoff_s=cfg.backoff_s,
-            max_concurrency=cfg.max_concurrency,
             setting="judge",
             what="judge",
             key_hint=f"'judge.api_key' or the environment variable {cfg.api_key_env}",

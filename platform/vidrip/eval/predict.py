@@ -50,14 +50,11 @@ class Prediction:
 
 def model_client(cfg: ModelUnderTest, cache_dir: str | Path, setting: str) -> ChatClient:
     """The chat client of a model under test (``setting`` names its config section in errors)."""
-    return ChatClient(
+    return ChatClient.for_section(
+        cfg,
         base_url=cfg.base_url or "",
         api_key=cfg.resolved_api_key(),
         cache_dir=Path(cache_dir) / "predictions",
-        timeout_s=cfg.timeout_s,
-        max_retries=cfg.max_retries,
-        backoff_s=cfg.backoff_s,
-        max_concurrency=cfg.max_concurrency,
         setting=setting,
         what=f"model {cfg.name!r}",
         key_hint=f"'{setting}.api_key' or the environment variable {cfg.api_key_env}",

@@ -26,9 +26,9 @@ from vidrip.eval.judge import Judge, Judgement
 from vidrip.eval.metrics import SampleMetrics, diagnosis_agrees, extract_diagnosis, similarity_scores
 from vidrip.eval.predict import Prediction, model_client, predict
 from vidrip.eval.report import ModelRow, aggregate, write_reports
-from vidrip.tracking import TAG_PREFIX, job_run
+from vidrip.tracking import TAG_PREFIX, job_run, resolve_tracking_uri
 
-__all__ = ["EvalResult", "evaluate", "load_test_set", "run_eval"]
+__all__ = ["EvalResult", "evaluate", "load_test_set", "run_eval", "served_revisions"]
 
 log = logging.getLogger(__name__)
 
@@ -230,5 +230,34 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
     spec = load_serve_yaml(cfg.serve.config, cfg.serve.overrides)
     if cfg.serve.port is not None:
         spec.port = cfg.serve.port
+    revisions = served_revisions(spec.config, resolve_tracking_uri(cfg.tracking, cfg.workdir))
+    models = [
+        m.model_copy(update={"revision": revisions.get(m.model)}) if m.base_url is None and not m.revision else m
+        for m in cfg.models
+    ]
     with served(spec, cfg.workdir, cfg.ray) as endpoint:
-        return evaluate(cfg, endpoint)
+        return evaluate(cfg.model_copy(update={"models": models}), endpoint)
+
+
+def served_revisions(serve_cfg, tracking_uri: str) -> dict[str, str]:
+    """What each model of a Serve app is, for the evaluation's tags and cache: an adapter's registry version
+    and the run that made it, or its folder."""
+    import mlflow
+
+    from vidrip.model.loading import registry_version
+
+    mlflow.set_tracking_uri(serve_cfg.tracking_uri or tracking_uri)
+    out, folders = {}, []
+    for name, ref in serve_cfg.adapters.items():
+        if ref.startswith("models:/"):
+            version = registry_version(ref)
+            out[name] = f"{ref} = version {version.version} of MLflow run {version.run_id} ({version.source})"
+            folders.append(Path(version.source))
+        else:
+            out[name] = str(Path(ref).resolve())
+            folders.append(Path(ref))
+    base = serve_cfg.model.checkpoint
+    if base is None and folders and (folders[0] / "adapter_config.json").is_file():
+        base = json.loads((folders[0] / "adapter_config.json").read_text())["base_model_name_or_path"]
+    out[serve_cfg.served_name] = base or f"{serve_cfg.model.preset} preset"
+    return out

@@ -84,6 +84,12 @@ def resolve_checkpoint(cfg: ModelConfig) -> ModelConfig:
     ref = cfg.checkpoint
     if ref is None or not ref.startswith("models:/"):
         return cfg
+    return cfg.model_copy(update={"checkpoint": registry_version(ref).source})
+
+
+def registry_version(ref: str):
+    """The MLflow ``ModelVersion`` that ``models:/name@alias`` or ``models:/name/version`` names (in the
+    current tracking store); :class:`FileNotFoundError` naming the store if there is none."""
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -97,7 +103,7 @@ def resolve_checkpoint(cfg: ModelConfig) -> ModelConfig:
     except mlflow.exceptions.MlflowException as exc:
         where = mlflow.get_tracking_uri()
         raise FileNotFoundError(f"checkpoint: {ref} is not in the model registry at {where}: {exc}") from None
-    return cfg.model_copy(update={"checkpoint": version.source})
+    return version
 
 
 def model_config(cfg: ModelConfig):
