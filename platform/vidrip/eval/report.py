@@ -224,14 +224,20 @@ def write_chart(rows: Sequence[ModelRow], criteria: Sequence[str], path: Path, t
 
 
 def write_reports(
-    rows: Sequence[ModelRow], header_lines: Sequence[str], criteria: Sequence[str], judged: bool, out: Path
+    rows: Sequence[ModelRow],
+    header_lines: Sequence[str],
+    criteria: Sequence[str],
+    judged: bool,
+    out: Path,
+    chart_title: str = "",
 ) -> dict[str, Path]:
     """``table.md``, ``table.csv`` and (when judged) ``chart.png`` in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {"table_md": out / "table.md", "table_csv": out / "table.csv"}
     paths["table_md"].write_text(markdown(rows, header_lines, criteria, judged))
     write_csv(rows, criteria, paths["table_csv"])
+    (out / "chart.png").unlink(missing_ok=True)
     if judged:
         paths["chart"] = out / "chart.png"
-        write_chart(rows, criteria, paths["chart"], header_lines[0] if header_lines else "")
+        write_chart(rows, criteria, paths["chart"], chart_title)
     return paths

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,8 +62,6 @@ def load_test_set(cfg: EvalConfig) -> tuple[list[TestRecord], list[str], str]:
 
 
 def _common_root(files: set[Path]) -> Path:
-    import os
-
     return Path(os.path.commonpath([str(p.resolve().parent) for p in files]))
 
 
@@ -73,9 +72,10 @@ def _header(cfg: EvalConfig, n: int, fingerprint: str, judge_url: str | None) ->
         if cfg.judge.stand_in:
             line += f" (stand-in: {cfg.judge.stand_in}; the paper's judge was {PAPER_JUDGE})"
         lines.append(line)
-    frames = sorted({str(m.num_frames) if m.num_frames else "the endpoint's" for m in cfg.models})
+    frames = sorted({f"{m.num_frames} uniform" if m.num_frames else "as the endpoint samples" for m in cfg.models})
     tokens = sorted({str(m.max_tokens) for m in cfg.models})
-    lines.append(f"Frames per video: {', '.join(frames)} (uniform); max_tokens {', '.join(tokens)}; greedy")
+    sampling = "greedy" if all(m.temperature == 0 for m in cfg.models) else "sampled"
+    lines.append(f"Frames per video: {', '.join(frames)}; max_tokens {', '.join(tokens)}; {sampling}")
     lines.append(f"Test set: {cfg.test_set}, {n} items, fingerprint {fingerprint}")
     return lines
 
@@ -187,14 +187,20 @@ def evaluate(cfg: EvalConfig, endpoint=None) -> EvalResult:
             predictions={n: sum(p.model == n for p in preds) for n in names},
         )
         criteria = judge_cfg.criteria if judge_cfg else []
-        paths = write_reports(rows, header, criteria, judge_cfg is not None, out)
+        title = ""
+        if judge_cfg is not None:
+            stand_in = " (stand-in)" if judge_cfg.stand_in else ""
+            title = f"Video-ChatGPT judge metrics, judge {judge_cfg.model}{stand_in}"
+        paths = write_reports(rows, header, criteria, judge_cfg is not None, out, chart_title=title)
         paths["predictions"] = _write_jsonl(out / "predictions.jsonl", preds)
         paths["judgements"] = _write_jsonl(out / "judgements.jsonl", judgements)
         paths["failures"] = _write_jsonl(out / "failures.jsonl", [j for j in judgements if j.failed])
         paths["judge_free"] = _write_jsonl(out / "judge_free.jsonl", samples)
+        skipped = out / "skipped_records.txt"
+        skipped.unlink(missing_ok=True)  # nothing of an earlier run is left to mislead
         if bad:
-            (out / "skipped_records.txt").write_text("\n".join(bad) + "\n")
-            paths["skipped_records"] = out / "skipped_records.txt"
+            skipped.write_text("\n".join(bad) + "\n")
+            paths["skipped_records"] = skipped
 
         metrics = {f"{_slug(r.model)}.{k}": float(v) for r in rows for k, v in r.metrics().items()}
         for who, st in stats.items():
