@@ -124,9 +124,9 @@ def _parser() -> argparse.ArgumentParser:
         "(32 uniform frames, greedy, cached), the judge scores context, correctness and detail (0-5, cached, "
         "failures counted), and the paper's table is printed and saved with judge-free metrics beside it. "
         "vidrip eval export-lmms-eval DIR [--config FILE] [--task NAME]: the test set as an lmms-eval task folder. "
-        f"Default config {EVAL_CONFIG}. Research use only, not for clinical decisions.",
+        "Research use only, not for clinical decisions.",
     )
-    _add_config_args(p, None)
+    _add_config_args(p, EVAL_CONFIG)
     p.add_argument("--task", default="vidrip_video_test", help="export-lmms-eval: the task's name")
 
     p = sub.add_parser("head", help="keep a Ray head up on 127.0.0.1 for `ray job submit` (Ctrl-C stops it)")
@@ -402,7 +402,7 @@ def _cmd_eval(args) -> int:
                 "usage: vidrip eval export-lmms-eval DIR [--config FILE] [--task NAME] [key=value ...]", file=sys.stderr
             )
             return 2
-        cfg = load_config(EvalConfig, args.config or EVAL_CONFIG, overrides[2:])
+        cfg = load_config(EvalConfig, args.config, overrides[2:])
         folder = export_lmms_eval(cfg, overrides[1], task=args.task)
         print(f"lmms-eval task written to {folder}")
         print(f"  python -m lmms_eval --model <model> --tasks {args.task} --include_path {folder}")
@@ -410,7 +410,7 @@ def _cmd_eval(args) -> int:
         return 0
     from vidrip.eval.run import run_eval
 
-    cfg = load_config(EvalConfig, args.config or EVAL_CONFIG, overrides)
+    cfg = load_config(EvalConfig, args.config, overrides)
     try:
         result = run_eval(cfg)
     except ChatError as exc:
