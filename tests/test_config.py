@@ -32,12 +32,19 @@ SCHEMAS = {
 }
 # Serve config files: Ray's own schema for the file, vidrip's ServeConfig for the application's args.
 SERVE_YAMLS = ["serve_apps/tiny.yaml", "serve_apps/ov7b.yaml"]
+# Cluster files: Ray's ray-schema.json, the KubeRay CRDs and Kubernetes names (tests/test_cluster.py).
+CLUSTER_YAMLS = [
+    "cluster/aws-gpu.yaml",
+    "cluster/kuberay/raycluster.yaml",
+    "cluster/kuberay/rayservice.yaml",
+    "cluster/kuberay/mlflow.yaml",
+]
 YAML_FOLDERS = ("jobs", "serve_apps", "tune_configs", "cluster")
 
 
 def test_every_shipped_yaml_is_known(repo):
     found = {str(p.relative_to(repo)) for d in YAML_FOLDERS for p in (repo / d).rglob("*.y*ml")}
-    assert found == set(SCHEMAS) | set(SERVE_YAMLS), "add new YAML files to SCHEMAS with their schema"
+    assert found == set(SCHEMAS) | set(SERVE_YAMLS) | set(CLUSTER_YAMLS), "add new YAML files with their schema"
 
 
 @pytest.mark.parametrize("rel", SERVE_YAMLS)
