@@ -342,6 +342,7 @@ class ChatClient:
             else:
                 self.count("cache_hits")
                 return value
+        entry = {"key": key, "request": shown, "extra": cache_extra or {}}
         last, unparsable, content = "", False, ""
         delay = 0.0
         for attempt in range(self.max_retries + 1):
@@ -359,7 +360,7 @@ class ChatClient:
                 last, unparsable = str(exc), True
                 delay = 0.0
                 continue
-            self.cache.put(key, {"key": key, "request": shown, "extra": cache_extra or {}, "content": content})
+            self.cache.put(key, {**entry, "content": content})
             return value
         reason = (
             f"{self.what} output unparsable after {self.max_retries} retries: {last}"
@@ -367,8 +368,7 @@ class ChatClient:
             else f"{self.what} request failed after {self.max_retries} retries: {last}"
         )
         if unparsable and remember_unparsable:
-            entry = {"key": key, "request": shown, "extra": cache_extra or {}, "content": content}
-            self.cache.put(key, {**entry, "unparsable": True, "reason": reason})
+            self.cache.put(key, {**entry, "content": content, "unparsable": True, "reason": reason})
         raise ItemFailed(reason)
 
     def check_endpoint(self) -> None:

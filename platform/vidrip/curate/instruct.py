@@ -17,8 +17,8 @@ Usage::
 
 Requests go through :class:`vidrip.chat.ChatClient`: every answer is cached on disk (keyed by model,
 :data:`PROMPT_VERSION`, the exact messages and the sampling settings), so a re-run pays nothing; retries
-(HTTP 429/5xx, connection errors, timeouts, unparsable output) with exponential backoff and
-``Retry-After``. One bad clip becomes a result with a ``reason``, never an exception; a refused API key
+of HTTP 429/5xx, connection errors and timeouts with exponential backoff and ``Retry-After``, of
+unparsable output at once. One bad clip becomes a result with a ``reason``, never an exception; a refused API key
 or an unknown model (HTTP 401/403/404) raises :class:`~vidrip.chat.ChatError`, since no item can succeed.
 
 Nothing happens at import time: the environment is read and the client built by :class:`InstructionGenerator`.

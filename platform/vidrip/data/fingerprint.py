@@ -9,10 +9,10 @@ Lineage tags in MLflow carry these, so a run says exactly which data it saw.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-__all__ = ["file_sha256", "fingerprint_files", "fingerprint_tree"]
+__all__ = ["file_sha256", "fingerprint_digests", "fingerprint_files", "fingerprint_tree"]
 
 _CHUNK = 1 << 20
 
@@ -27,9 +27,14 @@ def file_sha256(path: str | Path) -> str:
 
 def fingerprint_files(paths: Iterable[str | Path], root: str | Path) -> str:
     root = Path(root).resolve()
+    return fingerprint_digests({str(Path(p).resolve().relative_to(root)): file_sha256(p) for p in paths})
+
+
+def fingerprint_digests(digests: Mapping[str, str]) -> str:
+    """The fingerprint of files already hashed: ``{path relative to the root: sha256}``."""
     h = hashlib.sha256()
-    for p in sorted(Path(p).resolve() for p in paths):
-        h.update(str(p.relative_to(root)).encode() + b"\0" + file_sha256(p).encode() + b"\n")
+    for rel in sorted(digests, key=Path):
+        h.update(rel.encode() + b"\0" + digests[rel].encode() + b"\n")
     return h.hexdigest()[:16]
 
 

@@ -150,7 +150,8 @@ def export_lmms_eval(cfg: EvalConfig, out_dir: str | Path, task: str = "vidrip_v
 
     if not task.isidentifier():
         raise ValueError(f"--task {task!r}: use letters, digits and underscores (it names files and metrics)")
-    items, _, fingerprint = load_test_set(cfg)
+    test_set = load_test_set(cfg)
+    items, fingerprint = test_set.items, test_set.fingerprint
     folder = Path(out_dir) / task
     folder.mkdir(parents=True, exist_ok=True)
     data = folder / "test.jsonl"

@@ -4,7 +4,7 @@ The request is what the released ViDRiP task sends a model: the video and the qu
 ``max_tokens`` 1024, 32 uniform frames (vLLM's ``media_io_kwargs``, which the platform's endpoint speaks
 too). The video goes inline as a ``data:`` URL (any server) or as a path the server resolves itself.
 
-    preds = predict(model_cfg, items, media_root, cache_dir)   # one Prediction per item (and per question_2)
+    preds = predict(model_cfg, items, media_root, chat, video_digests)   # one Prediction per item (and question_2)
     preds[0].text, preds[0].error
 
 The cache key holds the video's content hash instead of its bytes, the model's ``revision`` and the
@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vidrip.chat import ChatClient, ItemFailed
-from vidrip.data.fingerprint import file_sha256
 from vidrip.data.schema import TestRecord
 from vidrip.eval.config import ModelUnderTest
 
@@ -94,25 +93,22 @@ def predict(
     items: list[TestRecord],
     media_root: str | Path,
     chat: ChatClient,
+    video_digests: dict[str, str],
     with_question_2: bool = False,
     desc: str | None = None,
 ) -> list[Prediction]:
     """Every item's answer (and its ``question_2``'s when asked and present), in order; a progress bar
-    when ``desc`` is given."""
+    when ``desc`` is given. ``video_digests``: each ``video_name``'s sha256, the cache's name for it."""
     root = Path(media_root)
     jobs = [(i, "question", item.question, item) for i, item in enumerate(items)]
     if with_question_2:
         jobs += [(i, "question_2", item.question_2, item) for i, item in enumerate(items) if item.question_2]
-    digests: dict[str, str] = {}
 
     def one(job) -> Prediction:
         index, which, question, item = job
-        video = root / item.video_name
-        if item.video_name not in digests:
-            digests[item.video_name] = file_sha256(video)
-        url = _video_url(cfg, video, item.video_name)
+        url = _video_url(cfg, root / item.video_name, item.video_name)
         request = video_request(cfg, url, question)
-        as_key = video_request(cfg, f"sha256:{digests[item.video_name]}", question)
+        as_key = video_request(cfg, f"sha256:{video_digests[item.video_name]}", question)
         extra = {"revision": cfg.revision, "video_as": cfg.video_as, "video_url": url if cfg.video_as == "path" else ""}
         try:
             text = chat.complete(request, str.strip, cache_extra=extra, key_request=as_key)

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vidrip.data.fingerprint import fingerprint_files
+from vidrip.data.fingerprint import file_sha256, fingerprint_digests
 from vidrip.data.schema import TestRecord, load_records
 from vidrip.eval.config import EvalConfig
 from vidrip.eval.judge import Judge, Judgement
@@ -29,7 +29,7 @@ from vidrip.eval.predict import Prediction, model_client, predict
 from vidrip.eval.report import ModelRow, aggregate, write_reports
 from vidrip.tracking import TAG_PREFIX, job_run, resolve_tracking_uri
 
-__all__ = ["EvalResult", "evaluate", "load_test_set", "run_eval", "served_revisions"]
+__all__ = ["EvalResult", "TestSet", "evaluate", "load_test_set", "run_eval", "served_revisions"]
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,21 @@ class EvalResult:
     skipped_records: list[str] = field(default_factory=list)
 
 
-def load_test_set(cfg: EvalConfig) -> tuple[list[TestRecord], list[str], str]:
-    """The test items (the first ``limit``), one line per bad record (left out), and the set's fingerprint."""
+@dataclass
+class TestSet:
+    """The usable test items (the first ``limit``), one line per bad record (left out), the set's fingerprint,
+    and each video's sha256 by ``video_name`` (hashed once, for the fingerprint and the prediction cache)."""
+
+    __test__ = False  # not a pytest class
+
+    items: list[TestRecord]
+    errors: list[str]
+    fingerprint: str
+    video_digests: dict[str, str]
+
+
+def load_test_set(cfg: EvalConfig) -> TestSet:
+    """The test set of ``cfg`` (see :class:`TestSet`); bad records are logged and left out."""
     root = cfg.resolved_media_root()
     loaded = load_records(cfg.test_set, TestRecord, media_root=root, on_error="skip")
     errors = [str(e) for e in loaded.errors]
@@ -57,12 +70,12 @@ def load_test_set(cfg: EvalConfig) -> tuple[list[TestRecord], list[str], str]:
     items = loaded.records[: cfg.limit] if cfg.limit else loaded.records
     if not items:
         raise ValueError(f"{cfg.test_set}: no usable test records" + (f" ({len(errors)} bad)" if errors else ""))
-    files = {Path(cfg.test_set)} | {root / item.video_name for item in items}
-    return items, errors, fingerprint_files(files, root=_common_root(files))
-
-
-def _common_root(files: set[Path]) -> Path:
-    return Path(os.path.commonpath([str(p.resolve().parent) for p in files]))
+    videos = {item.video_name: (root / item.video_name).resolve() for item in items}
+    files = {Path(cfg.test_set).resolve(), *videos.values()}
+    shas = {path: file_sha256(path) for path in files}
+    common = Path(os.path.commonpath([str(p.parent) for p in files]))
+    fingerprint = fingerprint_digests({str(p.relative_to(common)): sha for p, sha in shas.items()})
+    return TestSet(items, errors, fingerprint, {name: shas[path] for name, path in videos.items()})
 
 
 def _header(cfg: EvalConfig, n: int, fingerprint: str, judge_url: str | None) -> list[str]:
@@ -131,7 +144,8 @@ def evaluate(cfg: EvalConfig, endpoint=None) -> EvalResult:
     judge_cfg = cfg.judge
     if judge_cfg is not None and judge_cfg.base_url is None:
         judge_cfg = judge_cfg.model_copy(update={"base_url": base, "api_key": judge_cfg.api_key or key})
-    items, bad, fingerprint = load_test_set(cfg)
+    test_set = load_test_set(cfg)
+    items, bad, fingerprint = test_set.items, test_set.errors, test_set.fingerprint
     out, cache = Path(cfg.out), cfg.resolved_cache_dir()
     out.mkdir(parents=True, exist_ok=True)
     header = _header(cfg, len(items), fingerprint, judge_cfg.base_url if judge_cfg else None)
@@ -156,7 +170,8 @@ def evaluate(cfg: EvalConfig, endpoint=None) -> EvalResult:
         for i, m in enumerate(models):
             with model_client(m, cache, f"models[{i}]") as chat:
                 chat.check_endpoint()
-                preds += predict(m, items, cfg.resolved_media_root(), chat, with_q2, desc=f"answers: {m.name}")
+                digests, desc = test_set.video_digests, f"answers: {m.name}"
+                preds += predict(m, items, cfg.resolved_media_root(), chat, digests, with_q2, desc=desc)
                 stats[m.name] = dict(chat.stats)
         seconds["predictions"] = time.perf_counter() - started
 
