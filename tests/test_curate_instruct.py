@@ -134,6 +134,28 @@ def test_video_chain_of_thought_answer_ends_with_diagnosis(server, tmp_path):
     assert rec.conversations[1].value.endswith("Diagnosis: diffuse large B-cell lymphoma")
 
 
+def test_structured_output_sends_each_json_rounds_schema(server, tmp_path):
+    """``structured_output``: the score round and the chain of thought carry their JSON schema as
+    ``response_format`` (the free-text round does not); off by default, for endpoints that refuse it."""
+    ctx = VideoContext("vid0-seg0", "videos/vid0-seg0.mp4", "raw/vid0.mp4", TRANSCRIPTS[0], [], [])
+    gen = InstructionGenerator(config(server), tmp_path / "plain")
+    gen.clips([clip(0, TRANSCRIPTS[0])])
+    assert len(server.requests) == 2 and all("response_format" not in r for r in server.requests)
+
+    gen = InstructionGenerator(config(server, structured_output=True, max_field_chars=99), tmp_path / "structured")
+    [c] = gen.clips([clip(0, TRANSCRIPTS[0])])
+    [v] = gen.videos([ctx])
+    assert c.kept and v.ok
+    describe, score, cot = server.requests[2:]
+    assert "response_format" not in describe
+    schema = score["response_format"]["json_schema"]["schema"]
+    assert score["response_format"]["type"] == "json_schema"
+    assert schema["required"] == ["concise", "score"] and schema["additionalProperties"] is False
+    assert schema["properties"]["score"] == {"type": "integer", "minimum": 0, "maximum": 5}
+    assert schema["properties"]["concise"]["maxLength"] == 99
+    assert cot["response_format"]["json_schema"]["schema"]["required"] == ["description", "diagnosis"]
+
+
 def test_records_validate_and_questions_are_deterministic(server, tmp_path):
     items = [clip(i, f"{TRANSCRIPTS[0]} Field {i}.") for i in range(12)]
     results = InstructionGenerator(config(server), tmp_path).clips(items)

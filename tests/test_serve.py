@@ -272,6 +272,59 @@ def test_a_request_may_ask_for_uniform_frames_as_in_the_papers_evaluation(endpoi
     assert by_fps.model_extra["media"]["frames"] == 3
 
 
+SCORE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "description": {"type": "string", "maxLength": 24},
+        "score": {"type": "integer", "minimum": 0, "maximum": 5},
+    },
+    "required": ["description", "score"],
+    "additionalProperties": False,
+}
+
+
+def _follows_score_schema(text: str) -> bool:
+    reply = json.loads(text)
+    return (
+        set(reply) == {"description", "score"}
+        and isinstance(reply["description"], str)
+        and len(reply["description"]) <= 24
+        and type(reply["score"]) is int
+        and 0 <= reply["score"] <= 5
+    )
+
+
+def test_response_format_makes_even_random_weights_answer_in_the_schema(endpoint):
+    """OpenAI's ``response_format``: the tiny model's random weights answer free text that is no JSON, and
+    JSON that follows the schema when asked for it (batched, streamed, with a video, as ``json_object``)."""
+    client = endpoint.client()
+    schema = {"type": "json_schema", "json_schema": {"name": "score", "schema": SCORE_SCHEMA, "strict": True}}
+    free = _ask(client, "a1", "cases/clip.mp4", max_tokens=64).choices[0].message.content
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(free)
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(
+            pool.map(
+                lambda q: client.chat.completions.create(
+                    model="a1", messages=_video_message("cases/clip.mp4", q), max_tokens=64, response_format=schema
+                ),
+                ["What tissue?", "Which stain?", "Any tumour?", "Grade?"],
+            )
+        )
+    assert all(r.choices[0].finish_reason == "stop" for r in replies)
+    assert all(_follows_score_schema(r.choices[0].message.content) for r in replies), [
+        r.choices[0].message.content for r in replies
+    ]
+    anything = client.chat.completions.create(
+        model="a1", messages=[{"role": "user", "content": "hi"}], max_tokens=64, response_format={"type": "json_object"}
+    )
+    assert isinstance(json.loads(anything.choices[0].message.content), dict)
+    streamed = client.chat.completions.create(
+        model="a1", messages=_video_message("cases/clip.mp4"), max_tokens=64, response_format=schema, stream=True
+    )
+    assert _follows_score_schema("".join(c.choices[0].delta.content or "" for c in streamed if c.choices))
+
+
 def test_an_adapter_that_cannot_load_is_a_503_and_the_others_still_answer(endpoint):
     r = _post(endpoint, _chat("hi") | {"model": "broken"})
     assert r.status_code == 503, r.text
@@ -372,6 +425,18 @@ BAD_REQUESTS = {
         None,
         400,
         "media_io_kwargs.video.num_frame",
+    ),
+    "schema that cannot be enforced": (
+        _chat("hi", response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strin"}}}),
+        None,
+        400,
+        "response_format.json_schema.schema",
+    ),
+    "json_schema without its schema": (
+        _chat("hi", response_format={"type": "json_schema"}),
+        None,
+        400,
+        "response_format.json_schema",
     ),
     "body too large": (_chat("x" * 1_100_000), None, 413, None),
     "media too large": (_chat(_video("big.bin")), None, 413, URL_PARAM),
@@ -587,6 +652,24 @@ def test_batches_that_wait_for_the_model_are_merged(models):
         replies = [f.result() for f in first + waiting]
         assert all(r.completion_tokens == (64 if i == 0 else 4) for i, r in enumerate(replies))
         assert dict(engine.batch_sizes) == {1: 1, 6: 1}
+    finally:
+        engine.close()
+
+
+def test_requests_batch_only_with_the_same_response_format(models):
+    from vidrip.serve.engine import GenRequest
+
+    engine = _engine(models, max_batch_size=16, fill_wait_s=0)
+    schema = json.dumps(SCORE_SCHEMA, sort_keys=True)
+    flag = json.dumps({"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]})
+    ask = lambda text, grammar: GenRequest(  # noqa: E731
+        messages=[{"role": "user", "content": text}], max_tokens=64, grammar=grammar
+    )
+    try:
+        replies = engine.generate([ask("a", schema), ask("b", None), ask("c", schema), ask("d", flag)])
+        assert dict(engine.batch_sizes) == {2: 1, 1: 2}
+        assert _follows_score_schema(replies[0].text) and _follows_score_schema(replies[2].text)
+        assert isinstance(json.loads(replies[3].text)["ok"], bool)
     finally:
         engine.close()
 

@@ -68,6 +68,8 @@ __all__ = [
     "VideoInstruction",
     "clip_messages",
     "clip_record",
+    "cot_format",
+    "score_format",
     "video_messages",
     "video_record",
 ]
@@ -98,6 +100,14 @@ class LLMConfig(StrictConfig):
     backoff_s: float = Field(default=1.0, ge=0.0, description="first backoff; doubles per retry, with jitter")
     max_concurrency: int = Field(default=4, ge=1, description="requests in flight at once")
     min_quality: int = Field(default=3, ge=0, le=5, description="clips scoring below this are dropped")
+    structured_output: bool = Field(
+        default=False,
+        description="send the JSON rounds' schema as `response_format` (json_schema; OpenAI, vLLM and vidrip's "
+        "Serve app enforce it); off for endpoints that refuse the field",
+    )
+    max_field_chars: int = Field(
+        default=2000, ge=16, description="with structured_output: the longest text a JSON answer's field may hold"
+    )
 
     def resolved_base_url(self) -> str:
         """``base_url``, else the first of ``$VIDRIP_LLM_BASE_URL``, ``$OPENAI_BASE_URL``; an error if none."""
@@ -295,6 +305,24 @@ def _parse_description(text: str) -> str:
     return text
 
 
+def _schema(name: str, fields: dict[str, dict]) -> dict:
+    """``response_format`` asking for an object with exactly ``fields`` (JSON schemas of each)."""
+    schema = {"type": "object", "properties": fields, "required": list(fields), "additionalProperties": False}
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+
+
+def score_format(max_chars: int) -> dict:
+    """The clip's second round as a ``response_format``: ``{"concise": str, "score": 0-5}``."""
+    text = {"type": "string", "minLength": 1, "maxLength": max_chars}
+    return _schema("clip_score", {"concise": text, "score": {"type": "integer", "minimum": 0, "maximum": 5}})
+
+
+def cot_format(max_chars: int) -> dict:
+    """The video's chain of thought as a ``response_format``: ``{"description": str, "diagnosis": str}``."""
+    text = {"type": "string", "minLength": 1, "maxLength": max_chars}
+    return _schema("video_cot", {"description": text, "diagnosis": text})
+
+
 def _parse_score_answer(text: str) -> tuple[str, int]:
     obj = parse_json_object(text)
     if "score" not in obj:
@@ -382,7 +410,7 @@ class InstructionGenerator:
                 {"role": "assistant", "content": description},
                 {"role": "user", "content": CLIP_SCORE_PROMPT},
             ]
-            concise, score = self._complete(followup, _parse_score_answer)
+            concise, score = self._complete(followup, _parse_score_answer, score_format)
         except ItemFailed as exc:
             self.chat.count("failures")
             log.warning("clip %s: %s", ctx.clip_id, exc)
@@ -397,7 +425,7 @@ class InstructionGenerator:
             self.chat.count("skipped")
             return VideoInstruction(ctx.video_id, None, None, None, False, "no transcript, on-screen text or clips")
         try:
-            description, diagnosis = self._complete(video_messages(ctx), _parse_cot_answer)
+            description, diagnosis = self._complete(video_messages(ctx), _parse_cot_answer, cot_format)
         except ItemFailed as exc:
             self.chat.count("failures")
             log.warning("video %s: %s", ctx.video_id, exc)
@@ -405,7 +433,9 @@ class InstructionGenerator:
         answer = f"{description}\n\nDiagnosis: {diagnosis}"
         return VideoInstruction(ctx.video_id, description, diagnosis, answer, True, None)
 
-    def _complete(self, messages: list[dict[str, str]], parse: Callable[[str], T]) -> T:
+    def _complete(
+        self, messages: list[dict[str, str]], parse: Callable[[str], T], fmt: Callable[[int], dict] | None = None
+    ) -> T:
         cfg = self.cfg
         request = {
             "model": cfg.model,
@@ -413,6 +443,8 @@ class InstructionGenerator:
             "temperature": cfg.temperature,
             "max_tokens": cfg.max_tokens,
         }
+        if cfg.structured_output and fmt is not None:
+            request["response_format"] = fmt(cfg.max_field_chars)
         return self.chat.complete(request, parse, cache_extra={"prompt_version": PROMPT_VERSION})
 
 

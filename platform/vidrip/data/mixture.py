@@ -4,7 +4,8 @@
                                DataSource(file="stage2_clip_sft.json", sampling="random_n", amount=8)],
                               data_root="work/sample", seed=0)
 
-Every file is validated with its media checked under ``data_root`` before training starts; a bad record
+A source may live in a folder of its own (``root``: a curation job's output, whose records name media
+relative to it). Every file is validated with its media checked before training starts; a bad record
 fails the stage at start-up with one line per bad record (or is skipped, with ``on_error="skip"``).
 """
 
@@ -32,6 +33,11 @@ class DataSource(StrictConfig):
     """
 
     file: str
+    root: str | None = Field(
+        default=None,
+        description="the folder (under data_root, or absolute) that holds `file` and the media its records "
+        "name, e.g. a curation job's output; None: data_root itself",
+    )
     sampling: Literal["all", "first_pct", "random_n"] = "all"
     amount: float | None = Field(default=None, gt=0)
 
@@ -65,9 +71,18 @@ def mixture_records(
     rng = np.random.default_rng(seed)
     out: list[InstructionRecord] = []
     for src in sources:
-        loaded = load_records(Path(data_root) / src.file, InstructionRecord, media_root=data_root, on_error=on_error)
-        out.extend(_sample(loaded.records, src, rng))
+        base = Path(data_root) / src.root if src.root else Path(data_root)
+        loaded = load_records(base / src.file, InstructionRecord, media_root=base, on_error=on_error)
+        records = loaded.records if not src.root else [_under(r, src.root) for r in loaded.records]
+        out.extend(_sample(records, src, rng))
     return out
+
+
+def _under(record: InstructionRecord, root: str) -> InstructionRecord:
+    """``record`` with its media path relative to data_root (``root`` joined in front)."""
+    if record.media_kind is None:
+        return record
+    return record.model_copy(update={record.media_kind: str(Path(root) / record.media)})
 
 
 def split_records(

@@ -36,6 +36,7 @@ from vidrip.serve.config import ServeConfig
 from vidrip.serve.engine import Engine, GenRequest
 from vidrip.serve.media import frame_policy, load_media
 from vidrip.serve.protocol import APIError, ChatRequest, chunk, completion, error_body, new_stream_id
+from vidrip.serve.structured import grammar_of
 
 __all__ = ["RESEARCH_ONLY", "build_app", "model_server"]
 
@@ -245,6 +246,7 @@ class ApiServer:
         if budget > limits.max_tokens:
             field = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
             raise APIError(400, f"{field}: {budget} > this endpoint's limit of {limits.max_tokens}", param=field)
+        grammar = grammar_of(req.response_format)
         messages, media_parts = [], []
         for i, msg in enumerate(req.messages):
             if isinstance(msg.content, str):
@@ -281,6 +283,7 @@ class ApiServer:
             temperature=req.temperature,
             top_p=req.top_p,
             seed=req.seed,
+            grammar=grammar,
         )
 
     def _handle(self, model: str, stream: bool = False):

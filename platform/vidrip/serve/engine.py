@@ -10,12 +10,13 @@ activated per batch: the LoRA weights by name, the fully trained parts copied in
 copied back for a request to the base model). Outputs equal those of the adapter's checkpoint loaded on
 its own (tested).
 
-Requests share a batch when they agree on adapter, media shape and sampling; a seeded sampled request
-runs alone, so the same seed gives the same answer whatever else is in flight. Batches handed in while
-the model is busy wait together and are merged at the next generation (up to ``batching.max_batch_size``):
-Serve seals its next batch while the current one still runs. Under steady load from the same clients,
-batches would still settle into two halves that take turns (one generating while the other waits), so a
-short batch that follows a generation directly waits ``batching.fill_wait_s`` for the returning half.
+Requests share a batch when they agree on adapter, media shape, sampling and ``response_format``; a seeded
+sampled request runs alone, so the same seed gives the same answer whatever else is in flight. Batches
+handed in while the model is busy wait together and are merged at the next generation (up to
+``batching.max_batch_size``): Serve seals its next batch while the current one still runs. Under steady
+load from the same clients, batches would still settle into two halves that take turns (one generating
+while the other waits), so a short batch that follows a generation directly waits ``batching.fill_wait_s``
+for the returning half.
 
     engine = Engine(ServeConfig(...))
     replies = engine.generate([GenRequest(...), GenRequest(...)])   # blocking; the deployment calls it off-loop
@@ -56,6 +57,7 @@ class GenRequest:
     top_p: float = 1.0
     seed: int | None = None
     adapter: str | None = None  # None: the base model
+    grammar: str | None = None  # a JSON schema the reply follows (vidrip.serve.structured); None: free text
     _key: tuple = field(default=(), init=False, repr=False)
 
     @property
@@ -67,7 +69,7 @@ class GenRequest:
             alone = next(_alone) if (self.sampled and self.seed is not None) else None
             sampling = (self.temperature, self.top_p) if self.sampled else ()
             media = self.media.signature() if self.media is not None else None
-            self._key = (self.adapter, media, sampling, alone)
+            self._key = (self.adapter, media, sampling, self.grammar, alone)
         return self._key
 
 
@@ -102,6 +104,7 @@ class Engine:
         self._pending_cv = threading.Condition()
         self._last_done = float("-inf")  # when the last generation ended (monotonic)
         self.batch_sizes: collections.Counter = collections.Counter()  # generations by batch size
+        self._grammars = None  # built at the first request with a response_format
 
     def _base_config(self, cfg: ServeConfig) -> ModelConfig:
         """``cfg.model``; without a checkpoint but with adapters, the base the first adapter was trained on."""
@@ -213,7 +216,17 @@ class Engine:
             kwargs.update(do_sample=True, temperature=head.temperature, top_p=head.top_p)
         else:
             kwargs.update(do_sample=False)
+        if head.grammar is not None:
+            kwargs["logits_processor"] = [self._grammar_processor(head.grammar)]
         return kwargs
+
+    def _grammar_processor(self, schema: str):
+        from vidrip.serve.structured import Grammars
+
+        if self._grammars is None:
+            vocab = self.model.get_output_embeddings().weight.shape[0]
+            self._grammars = Grammars(self.processor.tokenizer, vocab)
+        return self._grammars.processor(schema)
 
     def _seed(self, head: GenRequest) -> None:
         import torch

@@ -13,14 +13,16 @@ endpoint's own frame policy applies (as in training).
 
 Fields a client may send that change nothing here (``user``, ``stream_options`` beyond usage, ...) are
 ignored, as OpenAI's own servers do; fields that would change the answer and are not supported (``n`` > 1,
-tools) are refused by name. Errors are OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
+tools) are refused by name. ``response_format`` (``json_object``, ``json_schema``) is enforced while
+generating (:mod:`vidrip.serve.structured`). Errors are OpenAI's shape:
+``{"error": {"message", "type", "param", "code"}}``.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,8 +30,10 @@ __all__ = [
     "APIError",
     "ChatRequest",
     "ImagePart",
+    "JsonSchemaFormat",
     "MediaIOKwargs",
     "Message",
+    "ResponseFormat",
     "TextPart",
     "VideoPart",
     "chunk",
@@ -118,6 +122,22 @@ class MediaIOKwargs(BaseModel):
     video: VideoIOKwargs = Field(default_factory=VideoIOKwargs)
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    name: str = Field(default="response", min_length=1)
+    description: str | None = None
+    json_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"}, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's ``response_format`` of a chat-completions request."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaFormat | None = None
+
+
 class ChatRequest(BaseModel):
     """``POST /v1/chat/completions``."""
 
@@ -133,6 +153,7 @@ class ChatRequest(BaseModel):
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1, description="one choice per request")
     media_io_kwargs: MediaIOKwargs | None = None
+    response_format: ResponseFormat | None = None
 
     def token_budget(self, default: int) -> int:
         return self.max_completion_tokens or self.max_tokens or default
