@@ -1,4 +1,5 @@
-"""The demo job: build the sample, answer a question about a sample video on Ray, track it in MLflow.
+"""The demo: a Ray head on 127.0.0.1, the whole pipeline submitted to it with `ray job submit` on the embedded
+sample; ends with the evaluation table, an openai-client example against the endpoint and `vidrip ui`.
 
 Run as:
     python jobs/demo.py --config jobs/configs/demo.yaml [key=value ...]

@@ -150,3 +150,31 @@ def test_the_mlflow_server_and_shared_volume_are_the_ones_the_ray_pods_use():
             assert host in services and int(port) == services[host]["spec"]["ports"][0]["port"], uri
         text = (CLUSTER / manifest).read_text()
         assert all(f"claimName: {c}" in text for c in claims)
+
+
+def test_the_rayjob_runs_the_pipeline_on_the_raycluster_with_a_config_that_loads():
+    import shlex
+
+    from vidrip.config import load_config
+    from vidrip.pipeline.config import PipelineConfig
+    from vidrip.pipeline.run import validate
+
+    [doc] = _docs(CLUSTER / "kuberay" / "rayjob-pipeline.yaml")
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayJob"
+    schema = _crd_schema("RayJob")
+    jsonschema.validate(doc, schema)
+    [cluster] = _docs(CLUSTER / "kuberay" / "raycluster.yaml")
+    assert doc["spec"]["clusterSelector"] == {"ray.io/cluster": cluster["metadata"]["name"]}
+    assert all(i.endswith(f"ray{ray.__version__}") for i in _images(doc))
+    run = shlex.split(doc["spec"]["entrypoint"].split("&&")[1])
+    assert run[:2] == ["python", "jobs/pipeline.py"] and (REPO / run[1]).is_file()
+    config = REPO / run[run.index("--config") + 1]
+    overrides = [a for a in run[run.index("--config") + 2 :] if "=" in a]
+    cfg = load_config(PipelineConfig, config, overrides)
+    assert cfg.ray.address == "auto" and cfg.workdir.startswith("/mnt/shared")
+    validate(cfg)  # every step's own config loads and ties up
+    yaml.safe_load(doc["spec"]["runtimeEnvYAML"])
+    typo = copy.deepcopy(doc)
+    typo["spec"]["entryPoint"] = typo["spec"].pop("entrypoint")
+    with pytest.raises(jsonschema.ValidationError, match="entryPoint"):
+        jsonschema.validate(typo, schema)

@@ -9,6 +9,7 @@ from vidrip.curate.pipeline import CurateConfig
 from vidrip.data.sample.build import SampleConfig
 from vidrip.demo import DemoConfig
 from vidrip.eval.config import EvalConfig
+from vidrip.pipeline.config import PipelineConfig
 from vidrip.serve.bench import BenchServeConfig
 from vidrip.sweep.run import SweepConfig
 from vidrip.train.bench import BenchTrainConfig
@@ -27,6 +28,8 @@ SCHEMAS = {
     "jobs/configs/bench_curate.yaml": BenchCurateConfig,
     "jobs/configs/bench_serve.yaml": BenchServeConfig,
     "jobs/configs/eval.yaml": EvalConfig,
+    "jobs/configs/pipeline_tiny.yaml": PipelineConfig,
+    "jobs/configs/pipeline_ov7b.yaml": PipelineConfig,
     "tune_configs/lora_sweep_tiny.yaml": SweepConfig,
     "tune_configs/lora_sweep_7b.yaml": SweepConfig,
 }
@@ -38,6 +41,7 @@ CLUSTER_YAMLS = [
     "cluster/kuberay/raycluster.yaml",
     "cluster/kuberay/rayservice.yaml",
     "cluster/kuberay/mlflow.yaml",
+    "cluster/kuberay/rayjob-pipeline.yaml",
 ]
 YAML_FOLDERS = ("jobs", "serve_apps", "tune_configs", "cluster")
 
@@ -92,9 +96,9 @@ def test_wrong_type_names_key_and_value(tmp_path):
 
 def test_overrides_parse_yaml_scalars_and_reach_nested_sections(repo):
     cfg = load_config(
-        DemoConfig, repo / "jobs/configs/demo.yaml", ["ray.num_cpus=1", "sample.seed=7", "model.preset=tiny"]
+        PipelineConfig, repo / "jobs/configs/pipeline_tiny.yaml", ["ray.num_cpus=1", "sample.seed=7", "merge=false"]
     )
-    assert cfg.ray.num_cpus == 1 and cfg.sample.seed == 7
+    assert cfg.ray.num_cpus == 1 and cfg.sample.seed == 7 and cfg.merge is False
 
 
 def test_bad_override_is_reported_as_from_the_command_line(repo):

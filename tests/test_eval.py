@@ -218,6 +218,20 @@ def test_the_judge_retries_malformed_empty_out_of_range_and_slow_replies(tmp_pat
         assert judge.chat.stats["failures"] == 0
         sent = server.requests[0]
         assert sent["temperature"] == 0 and sent["model"] == "judge-x" and sent["max_tokens"] == 64
+        assert "response_format" not in sent  # the paper's judge read a dict from prose
+
+
+def test_a_structured_judge_is_sent_the_scores_schema(tmp_path):
+    """``structured_output``: the endpoint is asked for ``{"score": integer 0-5}`` by JSON schema (what makes
+    the demo's stand-in judge answer scores at all)."""
+    items, preds = _items_and_preds(1)
+    with ChatServer(responder=lambda b: '{"score": 4}') as server:
+        judge = Judge(_judge_cfg(server, criteria=["detail"], structured_output=True), server.base_url, tmp_path)
+        [j] = judge.score(items, preds)
+        assert (j.score, j.failed) == (4.0, False)
+        fmt = server.requests[0]["response_format"]
+        assert fmt["type"] == "json_schema" and fmt["json_schema"]["schema"]["required"] == ["score"]
+        assert fmt["json_schema"]["schema"]["properties"]["score"] == {"type": "integer", "minimum": 0, "maximum": 5}
 
 
 def test_a_judge_that_never_gives_a_score_scores_zero_and_is_counted_once_cached(tmp_path):

@@ -1,7 +1,7 @@
 """The ``vidrip`` command line.
 
     vidrip sample --out work/sample [seed=3 ...]     build the embedded sample corpus
-    vidrip demo [--config jobs/configs/demo.yaml]     the pipeline so far, on a local Ray cluster
+    vidrip demo [--config jobs/configs/demo.yaml]     the whole pipeline on the sample, as a Ray job
     vidrip validate FILE [--kind test] [--media-root DIR]   check a record file, one line per bad record
     vidrip train [--stages 0-3]                       training stages on Ray Train + DeepSpeed
     vidrip merge --checkpoint DIR --out DIR          fold a stage-3 LoRA adapter into the model
@@ -14,6 +14,7 @@
     vidrip serve [--config serve_apps/tiny.yaml]      the OpenAI-compatible endpoint that takes videos (Ray Serve)
     vidrip eval [--config jobs/configs/eval.yaml]     models side by side on the paper's Video-ChatGPT judge metrics
     vidrip eval export-lmms-eval DIR [--task NAME]    the test set as an lmms-eval task folder
+    vidrip pipeline [--config jobs/configs/pipeline_tiny.yaml]   curate -> train -> sweep -> merge -> serve -> eval
 
 Every job takes ``--config FILE`` (YAML) and ``key=value`` overrides (dotted keys for sections).
 Research use only, not for clinical decisions.
@@ -38,6 +39,7 @@ DETECTOR_CONFIG = "jobs/configs/train_detector.yaml"
 
 SERVE_CONFIG = "serve_apps/tiny.yaml"
 EVAL_CONFIG = "jobs/configs/eval.yaml"
+PIPELINE_CONFIG = "jobs/configs/pipeline_tiny.yaml"
 
 
 def _add_config_args(p: argparse.ArgumentParser, default: str | None) -> None:
@@ -61,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (overrides the config's 'out')")
     p.add_argument("--seed", type=int, help="random seed (overrides the config's 'seed')")
 
-    p = sub.add_parser("demo", help="the pipeline so far on the embedded sample: build it, train, answer, track")
+    p = sub.add_parser(
+        "demo", help="the whole pipeline on the embedded sample, submitted with `ray job submit` to a local head"
+    )
     _add_config_args(p, None)
 
     p = sub.add_parser("validate", help="validate an instruction or test record file")
@@ -129,6 +133,16 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_args(p, EVAL_CONFIG)
     p.add_argument("--task", default="vidrip_video_test", help="export-lmms-eval: the task's name")
 
+    p = sub.add_parser(
+        "pipeline",
+        help="the whole pipeline as one job: sample, detector, curate, train 0-3, sweep, merge, serve, eval",
+        description="Raw teaching videos to an evaluated, served model, each step its own MLflow run under one "
+        "parent. A rerun with the same name skips the steps done with the same config and data and resumes the "
+        "one that stopped. Starts a Ray head on 127.0.0.1 unless ray.address is set (ray.address=auto inside "
+        "`ray job submit`). Research use only, not for clinical decisions.",
+    )
+    _add_config_args(p, PIPELINE_CONFIG)
+
     p = sub.add_parser("head", help="keep a Ray head up on 127.0.0.1 for `ray job submit` (Ctrl-C stops it)")
     _add_config_args(p, None)
 
@@ -159,41 +173,30 @@ def _cmd_sample(args) -> int:
 
 def _cmd_demo(args) -> int:
     from vidrip.demo import DemoConfig, run_demo
+    from vidrip.pipeline.run import StepRecord, steps_table
 
     cfg = load_config(DemoConfig, args.config, args.overrides)
     out = run_demo(cfg)
-    print("\n=== vidrip demo: done ===")
-    print(f"sample corpus   {out['sample_dir']}")
-    policy = f"{cfg.frames.fps:g} fps, max {cfg.frames.max_frames}"
-    print(f"video           {out['video']} ({out['frames']} frames at {policy})")
-    print(f"question        {out['question']}")
-    for st in out["stages"]:
-        trained = f"{st['global_step']} steps, final loss {st['final_loss']:.3f}, {st['seconds']:.0f} s"
-        print(f"stage {st['stage']}         {trained}")
-    print(f"model           {out['model']}")
-    asked = f"on Ray Serve, asked with the openai client ({out['request_seconds']} s)"
-    print(f"served as       {out['served_model']!r} {asked}")
-    print(f"model answer    {out['answer']!r}")
-    print(f"                ({out['note']})")
-    print(f"reference       {out['reference_answer']}")
-    print(f"answer file     {out['answer_file']}")
-    if "evaluation" in out:
-        ev = out["evaluation"]
-        calls = ", ".join(
-            f"{who} {st['requests']} calls ({st['cache_hits']} cached)" for who, st in ev["calls"].items()
-        )
-        print(f"\n{ev['table']}")
-        print(f"evaluation      {sum(ev['seconds'].values()):.0f} s; {calls}; {ev['paths']['table_md']}")
-    print(f"MLflow run      {out['run_id']} in {out['tracking_uri']}")
-    print(f"browse runs     vidrip ui --workdir {cfg.workdir}")
-    again = f"vidrip serve --workdir {cfg.workdir} media.root={out['sample_dir']}"
-    if out["stages"]:
-        again += f" adapters.vidrip-video={out['model']} model.checkpoint=null"
-    print(f"serve it again  {again}")
-    print("                (prints an API key, the endpoint and its page; Ctrl-C stops it)")
     print(
-        "then ask it     python serve_apps/client.py --base-url http://127.0.0.1:8000/v1 --api-key <printed key> "
-        f"--model {out['served_model']} --video {out['sample_dir']}/{out['video']}"
+        f"\n=== vidrip demo: the pipeline {out['name']} on a local Ray cluster, done in {out['job_seconds']:.0f} s ==="
+    )
+    print(steps_table([StepRecord(**s) for s in out["steps"]]))
+    if out["table"]:
+        print("\n" + out["table"])
+    print("\nAsk the served model with the openai client (the demo just ran this):\n")
+    print("    " + out["example"].replace("\n", "\n    "))
+    ans = out["example_answer"]
+    print(
+        f"\nanswer of {out['served_model']!r} ({ans['frames']} frames, {ans['request_seconds']} s): {ans['answer']!r}"
+    )
+    print("(the tiny preset after a few CPU steps cannot learn the task: the plumbing is what this shows)")
+    print(f"reference answer: {out['reference_answer']}")
+    if out["head_stopped"]:
+        print("\nThe endpoint stopped with the demo's Ray head. Serve the same models again with:")
+        print(f"    vidrip serve --workdir {cfg.workdir} media.root={cfg.workdir}/sample")
+    print(f"\nsummary {out['summary_path']}; MLflow run {out['run_id']}")
+    print(
+        f"browse every run (data -> stages -> sweep -> served model -> evaluation):  vidrip ui --workdir {cfg.workdir}"
     )
     print("Research use only, not for clinical decisions.")
     return 0
@@ -424,6 +427,27 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_pipeline(args) -> int:
+    from vidrip.pipeline.config import PipelineConfig
+    from vidrip.pipeline.run import run_pipeline, steps_table
+    from vidrip.runtime import ray_session
+
+    cfg = load_config(PipelineConfig, args.config, args.overrides)
+    with ray_session(cfg.ray, Path(cfg.workdir).resolve()):
+        result = run_pipeline(cfg)
+    print(f"\n=== vidrip pipeline {result.name}: done in {result.seconds:.0f} s ===")
+    print(steps_table(result.steps))
+    if result.table:
+        print("\n" + result.table)
+    ep = result.endpoint
+    kept = cfg.keep_serving and cfg.ray.address is not None
+    state = "serving" if kept else "was served (stopped with the Ray head this command started)"
+    print(f"\nendpoint {ep['base_url']} {state}: models {', '.join(ep['models'])}; key in {ep['api_key_file']}")
+    print(f"summary {result.summary_path}; MLflow run {result.run_id}; browse: vidrip ui --workdir {cfg.workdir}")
+    print("Research use only, not for clinical decisions.")
+    return 0
+
+
 def _cmd_ui(args) -> int:
     from vidrip.tracking import TrackingConfig, serve_ui_command
 
@@ -451,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         "curate": _cmd_curate,
         "serve": _cmd_serve,
         "eval": _cmd_eval,
+        "pipeline": _cmd_pipeline,
         "ui": _cmd_ui,
     }
     try:

@@ -75,6 +75,11 @@ class JudgeConfig(EndpointConfig):
     stand_in: str | None = Field(
         default=None, description="printed above the table when the judge is not the paper's, saying what it is"
     )
+    structured_output: bool = Field(
+        default=False,
+        description="send the score's JSON schema ({score: integer 0-5}) as `response_format` (vLLM, vidrip's "
+        "Serve app, OpenAI's newer models); the paper's gpt-3.5 judge answered a Python dict in prose",
+    )
     remember_unparsable: bool = Field(
         default=True,
         description="cache a reply that never parsed as a failure, so a re-run does not ask again (a "

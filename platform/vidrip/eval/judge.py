@@ -31,6 +31,13 @@ from vidrip.eval.prompts import PROMPT_VERSION, consistency_messages, judge_mess
 __all__ = ["Judge", "Judgement"]
 
 log = logging.getLogger(__name__)
+SCORE_SCHEMA = {
+    "type": "object",
+    "properties": {"score": {"type": "integer", "minimum": 0, "maximum": 5}},  # the prompts ask for an integer
+    "required": ["score"],
+    "additionalProperties": False,
+}
+SCORE_FORMAT = {"type": "json_schema", "json_schema": {"name": "score", "schema": SCORE_SCHEMA, "strict": True}}
 
 
 @dataclass
@@ -99,6 +106,8 @@ class Judge:
         else:
             messages = judge_messages(criterion, item.question, item.answer, preds[0].text)
         request = {"model": self.cfg.model, "messages": messages, "temperature": 0, "max_tokens": self.cfg.max_tokens}
+        if self.cfg.structured_output:
+            request["response_format"] = SCORE_FORMAT
         try:
             score = self.chat.complete(
                 request,

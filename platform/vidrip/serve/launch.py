@@ -27,7 +27,7 @@ from vidrip.runtime import RayConfig, ray_session
 from vidrip.serve.config import ServeConfig
 from vidrip.tracking import TrackingConfig, resolve_tracking_uri
 
-__all__ = ["Endpoint", "ServeYaml", "deploy", "load_serve_yaml", "resolve_for_local", "served"]
+__all__ = ["Endpoint", "ServeYaml", "deploy", "deploy_detached", "load_serve_yaml", "resolve_for_local", "served"]
 
 log = logging.getLogger(__name__)
 
@@ -107,19 +107,27 @@ def resolve_for_local(cfg: ServeConfig, workdir: Path) -> tuple[ServeConfig, boo
     return cfg.model_copy(update=update), generated
 
 
-@contextlib.contextmanager
-def deploy(spec: ServeYaml, workdir: str | Path) -> Iterator[Endpoint]:
-    """The app deployed on the Ray cluster this process is connected to, for the block; Serve stops after."""
+def deploy_detached(spec: ServeYaml, workdir: str | Path) -> Endpoint:
+    """The app deployed on the Ray cluster this process is connected to; it stays up after this process
+    ends (Serve's controller is detached), until ``serve shutdown`` or the cluster stops."""
     from ray import serve
 
     from vidrip.serve.app import build_app
 
     cfg, generated = resolve_for_local(spec.config, Path(workdir).resolve())
     serve.start(http_options={"host": spec.host, "port": spec.port})
+    serve.run(build_app(cfg), name=spec.name, route_prefix=spec.route_prefix)
+    url = f"http://{spec.host}:{spec.port}{spec.route_prefix.rstrip('/')}"
+    return Endpoint(url=url, api_key=cfg.resolved_api_key(), name=spec.name, generated_key=generated)
+
+
+@contextlib.contextmanager
+def deploy(spec: ServeYaml, workdir: str | Path) -> Iterator[Endpoint]:
+    """The app deployed on the Ray cluster this process is connected to, for the block; Serve stops after."""
+    from ray import serve
+
     try:
-        serve.run(build_app(cfg), name=spec.name, route_prefix=spec.route_prefix)
-        url = f"http://{spec.host}:{spec.port}{spec.route_prefix.rstrip('/')}"
-        yield Endpoint(url=url, api_key=cfg.resolved_api_key(), name=spec.name, generated_key=generated)
+        yield deploy_detached(spec, workdir)
     finally:
         serve.shutdown()
 
