@@ -37,10 +37,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/vidrip demo --config jobs/configs/demo.yaml
 
+# Every jobs/bench_*.py with its default config, then one report of their ratios: work/bench/report.md
 bench: setup
-	$(BIN)/python jobs/bench_train.py --config jobs/configs/bench_train.yaml
-	$(BIN)/python jobs/bench_curate.py --config jobs/configs/bench_curate.yaml
-	$(BIN)/python jobs/bench_serve.py --config jobs/configs/bench_serve.yaml
+	@for b in jobs/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	$(BIN)/python jobs/report_bench.py work/bench
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

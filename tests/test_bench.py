@@ -44,7 +44,7 @@ def test_the_single_process_baseline_runs_and_reports(tmp_path, sample_dir, trac
 
 @pytest.mark.integration
 def test_the_curation_loop_baseline_and_decode_measure_run(tmp_path, sample_dir, detector_weights):
-    from vidrip.curate.bench import _summary, decode_overhead, format_results, run_loop
+    from vidrip.curate.bench import _summary, decode_overhead, format_results, ratios, run_loop
     from vidrip.curate.pipeline import CurateConfig
 
     cfg = CurateConfig(
@@ -59,8 +59,12 @@ def test_the_curation_loop_baseline_and_decode_measure_run(tmp_path, sample_dir,
     assert {"transcribe", "shots", "detect", "text", "clips"} <= set(summary["step_seconds"])
     decode = decode_overhead(cfg, repeats=1)
     assert decode["frames"] == summary["frames_decoded"] and decode["raw_decord_frames_per_second"] > 0
-    report = format_results({"results": {"loop": summary}, "decode": decode})
+    out = {"results": {"loop": summary}, "decode": decode}
+    report = format_results(out)
     assert report.splitlines()[1].startswith("loop") and "overhead" in report
+    decode_row, share_row = ratios(out)  # no Ray run here: no speed-up row
+    assert decode_row["value"] == decode["overhead"] and decode_row["met"] == (decode["overhead"] <= 0.25)
+    assert share_row["value"] == summary["heavy_model_frame_share"] and share_row["target"] is None
 
 
 @pytest.mark.integration
@@ -97,3 +101,11 @@ def test_the_serving_benchmark_runs_every_measure(ray_head, tmp_path):
     assert scale["load"]["errors"] == 0
     assert json.loads((tmp_path / "bench_serve.json").read_text())["modes"] == out["modes"]
     assert "batching speed-up" in format_serve(out)
+    from vidrip.bench_report import report
+
+    text = report(tmp_path)  # `make bench`'s report of what this folder holds
+    speedup = out["batching_speedup"]
+    met = "yes" if speedup >= 3 else "**no**"
+    assert f"| bench_serve | batched / unbatched requests per second | {speedup:.3g} | >= 3 | {met} |" in text
+    assert f"| bench_train | not run ({tmp_path / 'bench_train.json'} missing) |" in text
+    assert "## serving: Ray Serve batching, latency, autoscaling" in text and "| batch_4 |" in text

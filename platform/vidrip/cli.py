@@ -352,8 +352,9 @@ def _cmd_head(args) -> int:
         exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in head.submit_env().items())
         print(f"Ray head ready on {cfg.ray.gcs_address}, dashboard {cfg.ray.dashboard_url} (Ctrl-C stops it)")
         print(f"submit jobs with:\n  export {exports}")
-        demo = "python jobs/demo.py --config jobs/configs/demo.yaml ray.address=auto"
-        print(f"  ray job submit --working-dir . -- {demo}")
+        workdir = Path(cfg.workdir).resolve()
+        job = f"python jobs/pipeline.py --config jobs/configs/pipeline_tiny.yaml ray.address=auto workdir={workdir}"
+        print(f"  ray job submit --working-dir . -- {job} sample.out={workdir / 'sample'}")
         print(f"  serve run serve_apps/tiny.yaml --address {cfg.ray.gcs_address}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             head.wait()

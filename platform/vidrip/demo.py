@@ -61,8 +61,8 @@ def demo_pipeline_config(cfg: DemoConfig) -> tuple[PipelineConfig, list[str]]:
 
 
 def submit_command(cfg: DemoConfig, overrides: list[str], submission_id: str) -> list[str]:
-    """``ray job submit`` of the pipeline, the repository as working directory (``.gitignore`` respected)."""
-    entry = shlex.join(["python", "jobs/pipeline.py", "--config", cfg.pipeline, *overrides])
+    """``ray job submit`` of the pipeline, the repository as working directory (``.gitignore`` respected).
+    Ray's CLI quotes each word of the entrypoint for the job's shell (``shlex.join``)."""
     return [
         console_script("ray"),
         "job",
@@ -74,7 +74,11 @@ def submit_command(cfg: DemoConfig, overrides: list[str], submission_id: str) ->
         "--submission-id",
         submission_id,
         "--",
-        entry,
+        "python",
+        "jobs/pipeline.py",
+        "--config",
+        cfg.pipeline,
+        *overrides,
     ]
 
 

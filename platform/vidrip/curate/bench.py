@@ -177,6 +177,31 @@ def decode_overhead(cfg: CurateConfig, repeats: int) -> dict:
     }
 
 
+def ratios(out: dict) -> list[dict]:
+    """The benchmark's ratios for ``make bench``'s report."""
+    rows = []
+    if "speedup" in out:
+        speedup = out["speedup"]
+        rows.append(
+            {"measure": "Ray Data / single-process loop", "value": speedup, "target": ">= 1.6", "met": speedup >= 1.6}
+        )
+    overhead = out["decode"]["overhead"]
+    rows.append(
+        {
+            "measure": "decode step overhead vs raw decord",
+            "value": overhead,
+            "target": "<= 0.25",
+            "met": overhead <= 0.25,
+        }
+    )
+    for mode, r in out["results"].items():
+        share = r["heavy_model_frame_share"]
+        rows.append(
+            {"measure": f"{mode}: share of frames reaching the models", "value": share, "target": None, "met": None}
+        )
+    return rows
+
+
 def format_results(out: dict) -> str:
     r = out["results"]
     lines = ["mode   seconds  frames/s  clips  heavy-model share"]

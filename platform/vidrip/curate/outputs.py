@@ -86,6 +86,7 @@ class VideoOutcome:
         """The input's outcome as JSON (without the video-level instruction, added by the caller)."""
         clips, drops, failures = [], [], []
         seconds: dict[str, float] = {}
+        nodes: dict[str, set[str]] = {}
         frames = {"decoded": 0, "clip_frames": 0, "keyframes": 0, "keyframes_ok": 0, "in_clips": 0}
         text_boxes = {"before": 0, "after": 0}
         video_meta, reject, transcript, screen = None, None, [], []
@@ -95,6 +96,8 @@ class VideoOutcome:
             video_meta = video_meta or st.get("video")
             for k, v in st.get("seconds", {}).items():
                 seconds[k] = seconds.get(k, 0.0) + v
+            for k, v in st.get("nodes", {}).items():
+                nodes.setdefault(k, set()).add(v)
             shot = st.get("shot")
             if st.get("error") is not None:
                 if shot is None:
@@ -148,6 +151,7 @@ class VideoOutcome:
             "frames": frames,
             "text_boxes": text_boxes,
             "seconds": seconds,
+            "nodes": {k: sorted(v) for k, v in sorted(nodes.items())},  # the Ray node(s) each step ran on
             "transcript": transcript_text(sorted(transcript, key=lambda s: s["start"]), 0.0, math.inf),
             "screen_text": screen,
         }

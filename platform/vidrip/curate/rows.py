@@ -6,7 +6,8 @@ A row is a plain dict, as Ray Data passes it between steps::
     {..., "shot": 2, "frames": uint8 array (T, H, W, 3)}                             # one shot / clip
 
 ``state`` is JSON (so Ray Data never has to infer a schema for nested metadata): what every step
-learned about the row, the seconds each step took, and, once a step fails, ``error`` =
+learned about the row, the seconds each step took, the Ray node it ran on (``nodes``), and, once a step
+fails, ``error`` =
 ``{"step", "reason"}``. A failed row passes through every later step untouched and ends in the
 rejects table: a corrupt file is reported, never fatal.
 """
@@ -34,6 +35,20 @@ def get_state(row: dict) -> dict:
     return json.loads(row["state"])
 
 
+def _node_id() -> str | None:
+    """The Ray node this process runs on; None outside Ray (the benchmark's plain loop)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
+def _ran(state: dict, step: str, seconds: float, node: str | None) -> None:
+    state.setdefault("seconds", {})
+    state["seconds"][step] = state["seconds"].get(step, 0.0) + seconds
+    if node is not None:
+        state.setdefault("nodes", {})[step] = node
+
+
 def guarded(step: str, row: dict, fn: Callable[[dict, dict], list[dict] | dict]) -> list[dict]:
     """Run ``fn(row, state)`` unless the row failed earlier; time it; turn an exception into a reject.
 
@@ -55,10 +70,12 @@ def guarded(step: str, row: dict, fn: Callable[[dict, dict], list[dict] | dict])
         out = [{**row, "state": state} | ({"frames": EMPTY_FRAMES} if "frames" in row else {})]
     seconds = (time.perf_counter() - start) / max(1, len(out))
     inherited = dict(state.get("seconds", {}))
+    node = _node_id()
     for i, r in enumerate(out):
         # earlier steps' seconds stay with the first output only, so summing over a video's rows counts each once
-        own = inherited if i == 0 else {}
-        r["state"] = json.dumps({**r["state"], "seconds": {**own, step: own.get(step, 0.0) + seconds}})
+        st = {**r["state"], "seconds": dict(inherited) if i == 0 else {}}
+        _ran(st, step, seconds, node)
+        r["state"] = json.dumps(st)
     return out
 
 
@@ -93,9 +110,9 @@ def guarded_batch(step: str, rows: list[dict], fn: Callable[[list[dict], list[di
             rows[i] = guarded(step, rows[i], lambda row, state: (fn([row], [state]), {**row, "state": state})[1])[0]
         return rows
     seconds = (time.perf_counter() - start) / len(live)
+    node = _node_id()
     for i, row, state in zip(live, batch, states, strict=True):
-        state.setdefault("seconds", {})
-        state["seconds"][step] = state["seconds"].get(step, 0.0) + seconds
+        _ran(state, step, seconds, node)
         row["state"] = json.dumps(state)
         rows[i] = row
     return rows

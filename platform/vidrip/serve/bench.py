@@ -285,6 +285,25 @@ def _write_clip(path: Path, seconds: float, size: int) -> Path:
     return write_mp4(path, [np.roll(base, 4 * i, axis=1) for i in range(round(seconds * 4))], fps=4)
 
 
+def ratios(r: dict) -> list[dict]:
+    """The benchmark's ratios for ``make bench``'s report."""
+    rows = []
+    speedup = r.get("batching_speedup")
+    if speedup is not None:
+        rows.append(
+            {
+                "measure": "batched / unbatched requests per second",
+                "value": speedup,
+                "target": ">= 3",
+                "met": speedup >= 3,
+            }
+        )
+    if r.get("in_process_p50_s"):
+        value = r["served_one_client_p50_s"] / r["in_process_p50_s"]
+        rows.append({"measure": "served / in-process latency (p50)", "value": value, "target": None, "met": None})
+    return rows
+
+
 def format_results(r: dict) -> str:
     c = r["config"]
     lines = [

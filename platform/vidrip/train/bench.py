@@ -216,6 +216,25 @@ def run_bench(cfg: BenchTrainConfig) -> dict:
     return out
 
 
+def ratios(out: dict) -> list[dict]:
+    """The benchmark's ratios for ``make bench``'s report: Ray Train's step time against one process."""
+    rows = []
+    for mode, r in out["results"].items():
+        if "step_time_vs_single" in r:
+            value = r["step_time_vs_single"]
+            rows.append(
+                {
+                    "measure": f"{mode} step time / single process",
+                    "value": value,
+                    "target": "<= 1.3",
+                    "met": value <= 1.3,
+                }
+            )
+        if "mfu" in r:
+            rows.append({"measure": f"{mode} MFU", "value": r["mfu"], "target": None, "met": None})
+    return rows
+
+
 def format_results(out: dict) -> str:
     rows = ["mode      workers  step s  samples/s  tokens/s  tokens/s/worker  vs single   MFU"]
     for mode, r in out["results"].items():
