@@ -273,6 +273,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
             return outputs
 
         served = s.run("serve", {"config": serve.config.model_dump(mode="json"), **data}, deploy, always=True)
+        data["serve_key"] = s.records[-1].key  # what is served (models, frames, limits) decides the evaluation
         table = None
         if cfg.eval is not None:
             by_stage = {k: f"MLflow run {v['run_id']} ({v['checkpoint']})" for k, v in stages.items()}
