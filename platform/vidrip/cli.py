@@ -176,10 +176,12 @@ def _cmd_demo(args) -> int:
     from vidrip.pipeline.run import StepRecord, steps_table
 
     cfg = load_config(DemoConfig, args.config, args.overrides)
-    out = run_demo(cfg)
-    print(
-        f"\n=== vidrip demo: the pipeline {out['name']} on a local Ray cluster, done in {out['job_seconds']:.0f} s ==="
-    )
+    try:
+        out = run_demo(cfg)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:  # the job's own log, above, says why
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"\n=== vidrip demo: pipeline {out['name']} as a Ray job on a local head, {out['job_seconds']:.0f} s ===")
     print(steps_table([StepRecord(**s) for s in out["steps"]]))
     if out["table"]:
         print("\n" + out["table"])
@@ -195,9 +197,8 @@ def _cmd_demo(args) -> int:
         print("\nThe endpoint stopped with the demo's Ray head. Serve the same models again with:")
         print(f"    vidrip serve --workdir {cfg.workdir} media.root={cfg.workdir}/sample")
     print(f"\nsummary {out['summary_path']}; MLflow run {out['run_id']}")
-    print(
-        f"browse every run (data -> stages -> sweep -> served model -> evaluation):  vidrip ui --workdir {cfg.workdir}"
-    )
+    print("browse every run (data -> stages -> sweep -> served model -> evaluation):")
+    print(f"    vidrip ui --workdir {cfg.workdir}")
     print("Research use only, not for clinical decisions.")
     return 0
 
