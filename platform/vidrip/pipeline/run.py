@@ -29,8 +29,10 @@ data fingerprint of what it consumes, so a change anywhere upstream re-runs ever
 Rerun: a step whose key has a FINISHED run with outputs still on disk is skipped (its outputs reused);
 a rerun with the same ``name`` reopens the parent run. A step that stopped resumes inside: curation keeps
 finished videos, training reopens its stages (run name ``<name>-train-<key>``), the sweep its trials.
-``serve`` always deploys. The summary (every step's status, seconds, run and outputs) is
-``<workdir>/pipeline/<name>/summary.json``.
+``sample`` always runs (it rebuilds nothing that is there; its fingerprint is what the data keys hash) and
+``serve`` always deploys. The driver itself runs the detector's fine-tune and the merge (on a cluster,
+submit with ``--entrypoint-num-gpus 1`` to give them a GPU). The summary (every step's status, seconds,
+run and outputs) is ``<workdir>/pipeline/<name>/summary.json``.
 """
 
 from __future__ import annotations
