@@ -27,12 +27,11 @@ STEPS = ["sample", "detector", "curate", "train", "sweep", "merge", "serve", "ev
 
 def _overrides(tmp: Path, serve_port: int, eval_limit: int = 2) -> list[str]:
     """The tiny pipeline made smaller still: every step runs, each as briefly as it can."""
-    sample = {k: v for k, v in SMALL_SAMPLE.items()}
     fast_detector = [f"{k}={v}" for k, v in FAST_DETECTOR.items() if k != "epochs"] + ["epochs=1"]
     return [
         f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
         f"serve_port={serve_port}",
-        *[f"sample.{k}={v}" for k, v in sample.items()],
+        *[f"sample.{k}={v}" for k, v in SMALL_SAMPLE.items()],
         f"detector.overrides={json.dumps(fast_detector)}",
         "train.overrides=[max_steps=1, save_steps=1]",
         'sweep.overrides=["space={lora.rank: {grid: [4]}, lr: {grid: [0.001]}}", max_steps=2, eval_every=1]',
@@ -60,8 +59,10 @@ def _summary(tmp: Path) -> dict:
     return json.loads((tmp / "work" / "pipeline" / "pipeline-tiny" / "summary.json").read_text())
 
 
-def _store(tmp: Path) -> None:
-    mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlflow.db'}")
+def _client(tmp: Path) -> mlflow.MlflowClient:
+    """The pipeline's store, without setting this process's tracking URI (other tests have their own)."""
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +84,11 @@ def test_a_failed_run_resumes_where_it_stopped(first):
     assert first.failed.returncode != 0
     assert "did not succeed" in first.failed.stderr and "resumes it" in first.failed.stderr
     assert "llm.base_url" in first.failed.stdout + first.failed.stderr  # the job's log names what failed
-    _store(first.tmp)
     status = {s["step"]: s["status"] for s in first.summary["steps"]}
     assert list(status) == STEPS
     assert status["detector"] == "skipped"  # done before curation failed: not trained twice
     assert all(status[s] == "ran" for s in ["curate", "train", "sweep", "merge", "serve", "eval"])
-    client = mlflow.MlflowClient()
+    client = _client(first.tmp)
     parent = client.get_run(first.summary["run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["vidrip.resumed"] == "true"  # reopened
     children = client.search_runs(
@@ -102,8 +102,7 @@ def test_a_failed_run_resumes_where_it_stopped(first):
 
 
 def test_every_step_is_its_own_run_and_the_lineage_reaches_from_data_to_evaluation(first):
-    _store(first.tmp)
-    client = mlflow.MlflowClient()
+    client = _client(first.tmp)
     steps = {s["step"]: s for s in first.summary["steps"]}
     for name, step in steps.items():
         run = client.get_run(step["run_id"])
