@@ -11,7 +11,7 @@ from bad_videos import write_bad_inputs
 from vidrip.curate.clips import ClipsConfig, WriteClips, crop_box
 from vidrip.curate.inputs import InputError, resolve_inputs
 from vidrip.curate.keyframes import Keyframes, KeyframesConfig, keyframe_indices, nearest_keyframe
-from vidrip.curate.pipeline import Chain, CurateConfig
+from vidrip.curate.pipeline import Chain, CurateConfig, ResourcesConfig
 from vidrip.curate.probe import Probe, ProbeConfig
 from vidrip.curate.rows import get_state
 from vidrip.curate.shots import Shots, ShotsConfig
@@ -233,6 +233,19 @@ def test_inputs_folders_globs_and_manifests(tmp_path):
 def test_curate_config_checks_keyframes_against_clip_rate():
     with pytest.raises(ValueError, match=r"keyframes.fps 2.0 > clips.fps 1"):
         CurateConfig(inputs=["x"], keyframes={"fps": 2}, clips={"fps": 1})
+
+
+def test_layout_is_split_only_with_gpus_and_whole_actors_fit_the_cpus():
+    res = ResourcesConfig()
+    assert res.chosen_layout(gpus=0) == "whole" and res.chosen_layout(gpus=1) == "split"
+    assert ResourcesConfig(gpu="never").chosen_layout(gpus=4) == "whole"
+    assert ResourcesConfig(layout="split").chosen_layout(gpus=0) == "split"
+    assert res.whole_actors(cpus=2, inputs=24) == 2 and res.whole_actors(cpus=2, inputs=1) == 1
+    assert ResourcesConfig(whole={"num_cpus": 0.5}).whole_actors(cpus=2, inputs=24) == 4
+    assert ResourcesConfig(whole={"max_actors": 3}).whole_actors(cpus=16, inputs=24) == 3
+    assert res.whole_actors(cpus=0.5, inputs=3) == 1  # a cluster smaller than one actor still gets one
+    with pytest.raises(ValueError, match="layout"):
+        ResourcesConfig(layout="fused")
 
 
 def test_an_input_is_complete_only_when_every_shot_and_clip_has_arrived(tmp_path):

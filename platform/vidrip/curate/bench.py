@@ -8,8 +8,9 @@ Run as::
 Both modes curate the same raw videos with the same step classes and settings, into their own output
 folders, LLM step off (it waits on a remote endpoint, which neither mode can speed up):
 
-- ``loop``: one process (spawned, ``OMP_NUM_THREADS=1`` as in a Ray worker holding one CPU), each step
-  instantiated once, videos one after another, shots one at a time;
+- ``loop``: one process (spawned, ``OMP_NUM_THREADS=1`` as in a Ray worker holding one CPU), every step
+  in it once (:class:`vidrip.curate.pipeline.WholeVideo`, as one actor of the ``whole`` layout), videos
+  one after another;
 - ``ray``: :func:`vidrip.curate.pipeline.run_curation` on a local Ray cluster of ``ray.num_cpus`` CPUs.
 
 Measured in one run: end-to-end frames/s (decoded frames over the seconds from the first step's model
@@ -80,40 +81,22 @@ def run_loop(cfg: CurateConfig) -> dict:
     """The pipeline's steps in this process, one input after another; returns seconds and parts."""
     import torch
 
-    from vidrip.curate.clips import WriteClips
-    from vidrip.curate.detect import Detect
     from vidrip.curate.inputs import resolve_inputs
-    from vidrip.curate.keyframes import Keyframes
     from vidrip.curate.outputs import VideoOutcome
-    from vidrip.curate.pipeline import Chain, _Finisher, _slug, processing_sha, sha256_file
-    from vidrip.curate.probe import Probe
-    from vidrip.curate.rows import batch_rows, rows_batch
-    from vidrip.curate.shots import Shots
-    from vidrip.curate.text import TextInpaint
-    from vidrip.curate.transcribe import Transcriber
-    from vidrip.curate.trim import Trim
+    from vidrip.curate.pipeline import WholeVideo, _Finisher, _slug, processing_sha, sha256_file
 
     torch.set_num_threads(1)
     out = Path(cfg.out).resolve()
-    paths = resolve_inputs(cfg.inputs)
-    fps = cfg.clips.fps
     start = time.perf_counter()
-    probe, transcribe = Probe(cfg.probe), Transcriber(cfg.transcribe)
-    split = Chain([(Shots, (cfg.shots, fps)), (Keyframes, (cfg.keyframes, fps))])
-    detect, text = Detect(cfg.detect), TextInpaint(cfg.text)
-    cut = Chain([(Trim, (cfg.trim, fps)), (WriteClips, (cfg.clips, str(out)))])
+    whole = WholeVideo(cfg, str(out))
     finisher = _Finisher(cfg, out, processing_sha(cfg))
     parts = []
-    for path in paths:
+    for path in resolve_inputs(cfg.inputs):
         sha = sha256_file(path) or ""
         vid = f"{_slug(path.stem)}-{sha[:10]}"
         outcome = VideoOutcome(vid, path, sha)
-        row = transcribe(probe({"key": vid, "path": str(path), "state": json.dumps({"source": str(path)})}))
-        for shot in split(row):
-            for model in (detect, text):
-                (shot,) = batch_rows(model(rows_batch([shot])))
-            for clip in cut(shot):
-                outcome.add(clip)
+        for row in whole({"key": vid, "path": str(path), "state": json.dumps({"source": str(path)})}):
+            outcome.add(row)
         parts.append(finisher(outcome))
     return {"seconds": time.perf_counter() - start, "parts": parts}
 

@@ -6,16 +6,20 @@ Run as::
     python jobs/curate.py --config jobs/configs/curate.yaml
     ray job submit --working-dir . -- python jobs/curate.py --config jobs/configs/curate.yaml ray.address=auto
 
-Steps, each a callable class in its own module, grouped into four Ray Data operators::
+Steps, each a callable class in its own module, in one of two layouts (``resources.layout``)::
 
-    [probe, transcribe*] ─ [shots, keyframes] ─ [detect*, text (OCR + inpaint)*, trim, clips] ─ [instruct]
+    split:  [probe, transcribe*] ─ [shots, keyframes] ─ [detect*, text (OCR + inpaint)*, trim, clips] ─ [instruct]
+    whole:  [probe, transcribe*, shots, keyframes, detect*, text*, trim, clips] ─ [instruct]
     (* model steps: on a GPU node when the cluster has one, ``num_gpus`` = ``resources.gpu_fraction``)
 
-Decoding (shots) runs on its own, the model steps with their neighbours (``Chain``, ``BatchChain``):
-every operator is an actor pool (``ActorPoolStrategy``) of processes that each import Ray Data and load
-their models, and a hop between operators costs the driver and Ray Data's bookkeeping CPU, so fewer,
-busier processes finish sooner (``jobs/bench_curate.py`` on 2 cores against a single-process loop:
-7 operators 1.04x, 4 or 5 operators about 1.4x). The CPU share and pool size of each operator are in ``resources``.
+``split`` (the default when the cluster has GPUs) decodes on CPU actors and sends shots to model actors
+on the GPU nodes, shot by shot. ``whole`` (the default on a CPU-only cluster) runs every step of one
+input in one actor, one actor per ``resources.whole.num_cpus`` CPUs: each operator is an actor pool
+(``ActorPoolStrategy``) of processes that each import Ray Data and load their models, and a hop between
+operators costs the driver and Ray Data's bookkeeping CPU, which CPU-only nodes take from the steps
+themselves (``jobs/bench_curate.py`` on 2 cores against a single-process loop: 7 operators 1.04x, 4
+operators 1.42x, whole videos in one operator: see the benchmark). Inputs go out largest first, so
+the last one to finish is a small one. The CPU share and pool size of each operator are in ``resources``.
 
 The driver collects the rows of each input, and when its last shot is through, writes its part file
 (the unit of resumption), its stage-3 video and its chain-of-thought record (see
@@ -54,7 +58,16 @@ from vidrip.curate.trim import Trim, TrimConfig
 from vidrip.runtime import RayConfig
 from vidrip.tracking import TrackingConfig
 
-__all__ = ["BatchChain", "Chain", "CurateConfig", "CurationResult", "ResourcesConfig", "check_ready", "run_curation"]
+__all__ = [
+    "BatchChain",
+    "Chain",
+    "CurateConfig",
+    "CurationResult",
+    "ResourcesConfig",
+    "WholeVideo",
+    "check_ready",
+    "run_curation",
+]
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +85,37 @@ class StepResources(StrictConfig):
         return self
 
 
-class ResourcesConfig(StrictConfig):
-    """CPU share and pool size of each operator. The defaults fit one 2-core machine: two vision actors
-    (detection and OCR are most of the work) beside one reader and one decoder. On a cluster raise
-    ``max_actors``. ``gpu: auto`` puts the model steps on GPUs when there are any."""
+class WholeResources(StrictConfig):
+    num_cpus: float = Field(default=1.0, gt=0, description="CPUs of each actor (every step of one input)")
+    max_actors: int | None = Field(
+        default=None, ge=1, description="None: as many as the cluster's CPUs hold, never more than inputs"
+    )
 
+
+class ResourcesConfig(StrictConfig):
+    """Layout, CPU share and pool size of each operator. ``layout: auto`` is ``split`` when the cluster has
+    GPUs (and ``gpu`` is ``auto``), else ``whole``. The ``split`` defaults fit one 2-core machine: two
+    vision actors (detection and OCR are most of the work) beside one reader and one decoder; on a
+    cluster raise ``max_actors``. ``gpu: auto`` puts the model steps on GPUs when there are any."""
+
+    layout: Literal["auto", "split", "whole"] = "auto"
     gpu: Literal["auto", "never"] = "auto"
     gpu_fraction: float = Field(default=0.25, gt=0, le=1, description="GPU share of each model actor")
+    whole: WholeResources = WholeResources()
     transcribe: StepResources = StepResources(num_cpus=0.25)  # probe + transcribe
     split: StepResources = StepResources(num_cpus=0.25)  # shots + keyframes
     vision: StepResources = StepResources(num_cpus=0.7, min_actors=2, max_actors=2, tasks_in_flight=1)
     # vision: detect + text + trim + clips
     instruct: StepResources = StepResources(num_cpus=0.05)
+
+    def chosen_layout(self, gpus: float) -> Literal["split", "whole"]:
+        if self.layout != "auto":
+            return self.layout
+        return "split" if gpus > 0 and self.gpu == "auto" else "whole"
+
+    def whole_actors(self, cpus: float, inputs: int) -> int:
+        fits = max(1, int(cpus / self.whole.num_cpus + 1e-9))
+        return max(1, min(fits, inputs, self.whole.max_actors or fits))
 
 
 class CurateConfig(StrictConfig):
@@ -155,6 +187,40 @@ class BatchChain:
         return rows_batch([out for row in batch_rows(batch) for out in self.rows(row)])
 
 
+def read_steps(cfg: CurateConfig) -> list[tuple[type, tuple]]:
+    return [(Probe, (cfg.probe,)), (Transcriber, (cfg.transcribe,))]
+
+
+def split_steps(cfg: CurateConfig) -> list[tuple[type, tuple]]:
+    return [(Shots, (cfg.shots, cfg.clips.fps)), (Keyframes, (cfg.keyframes, cfg.clips.fps))]
+
+
+def model_steps(cfg: CurateConfig) -> list[tuple[type, tuple]]:
+    return [(Detect, (cfg.detect,)), (TextInpaint, (cfg.text,))]
+
+
+def cut_steps(cfg: CurateConfig, out: str) -> list[tuple[type, tuple]]:
+    return [(Trim, (cfg.trim, cfg.clips.fps)), (WriteClips, (cfg.clips, out))]
+
+
+class WholeVideo:
+    """Every step on one input in one actor (``flat_map``): one video row in, its clip rows out. The
+    model steps see its shots ``detect.batch_size`` at a time, as in the split layout."""
+
+    def __init__(self, cfg: CurateConfig, out: str):
+        self.read = Chain(read_steps(cfg))
+        self.split = Chain(split_steps(cfg))
+        self.vision = BatchChain(model_steps(cfg), cut_steps(cfg, out))
+        self.batch_size = cfg.detect.batch_size
+
+    def __call__(self, row: dict) -> list[dict]:
+        shots = [shot for r in self.read(row) for shot in self.split(r)]
+        out = []
+        for i in range(0, len(shots), self.batch_size):
+            out += batch_rows(self.vision(rows_batch(shots[i : i + self.batch_size])))
+        return out
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")[:40] or "video"
 
@@ -169,6 +235,13 @@ def sha256_file(path: Path) -> str | None:
     except OSError:
         return None
     return h.hexdigest()
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def processing_sha(cfg: CurateConfig) -> str:
@@ -192,30 +265,34 @@ def _pool(res: StepResources):
     return {"compute": pool, "num_cpus": res.num_cpus}
 
 
-def build_dataset(cfg: CurateConfig, items: list[dict], out: Path, gpus: float):
-    """The Ray Data pipeline over ``items`` (``{"key", "path", "state"}`` rows), lazily."""
+def build_dataset(cfg: CurateConfig, items: list[dict], out: Path, cluster: dict[str, float]):
+    """The Ray Data pipeline over ``items`` (``{"key", "path", "state"}`` rows), lazily, in the layout
+    ``resources`` chooses for a cluster of ``cluster`` resources (``ray.cluster_resources()``)."""
     import ray
+    from ray.data import ActorPoolStrategy
 
     ctx = ray.data.DataContext.get_current()
     ctx.issue_detectors_config.detectors = []  # its memory hints are noise here: models are loaded per actor
     r = cfg.resources
+    gpus = cluster.get("GPU", 0)
     gpu = {"num_gpus": r.gpu_fraction} if gpus > 0 and r.gpu == "auto" else {}
-    fps = cfg.clips.fps
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    read = [(Probe, (cfg.probe,)), (Transcriber, (cfg.transcribe,))]
-    ds = ds.flat_map(Chain, fn_constructor_args=(read,), **_pool(r.transcribe), **gpu)
-    split = [(Shots, (cfg.shots, fps)), (Keyframes, (cfg.keyframes, fps))]
-    ds = ds.flat_map(Chain, fn_constructor_args=(split,), **_pool(r.split))
-    models = [(Detect, (cfg.detect,)), (TextInpaint, (cfg.text,))]
-    cut = [(Trim, (cfg.trim, fps)), (WriteClips, (cfg.clips, str(out)))]
-    ds = ds.map_batches(
-        BatchChain,
-        fn_constructor_args=(models, cut),
-        batch_size=cfg.detect.batch_size,
-        batch_format="numpy",
-        **_pool(r.vision),
-        **gpu,
-    )
+    if r.chosen_layout(gpus) == "whole":
+        n = r.whole_actors(cluster.get("CPU", 0), len(items))
+        pool = ActorPoolStrategy(min_size=n, max_size=n, max_tasks_in_flight_per_actor=1)
+        whole = {"compute": pool, "num_cpus": r.whole.num_cpus}
+        ds = ds.flat_map(WholeVideo, fn_constructor_args=(cfg, str(out)), **whole, **gpu)
+    else:
+        ds = ds.flat_map(Chain, fn_constructor_args=(read_steps(cfg),), **_pool(r.transcribe), **gpu)
+        ds = ds.flat_map(Chain, fn_constructor_args=(split_steps(cfg),), **_pool(r.split))
+        ds = ds.map_batches(
+            BatchChain,
+            fn_constructor_args=(model_steps(cfg), cut_steps(cfg, str(out))),
+            batch_size=cfg.detect.batch_size,
+            batch_format="numpy",
+            **_pool(r.vision),
+            **gpu,
+        )
     if cfg.instructions:
         ds = ds.map_batches(
             Instruct,
@@ -349,9 +426,11 @@ def run_curation(cfg: CurateConfig, progress: bool = True) -> CurationResult:
         if todo:
             finisher = _Finisher(cfg, out, config_sha)
             outcomes = {vid: VideoOutcome(vid, p, s or "") for vid, p, s in todo}
-            items = [{"key": vid, "path": str(p), "state": json.dumps({"source": str(p)})} for vid, p, _ in todo]
-            gpus = ray.cluster_resources().get("GPU", 0)
-            ds = build_dataset(cfg, items, out, gpus)
+            largest_first = sorted(todo, key=lambda t: _size(t[1]), reverse=True)
+            items = [
+                {"key": vid, "path": str(p), "state": json.dumps({"source": str(p)})} for vid, p, _ in largest_first
+            ]
+            ds = build_dataset(cfg, items, out, ray.cluster_resources())
             try:
                 with tqdm(total=len(todo), desc="curate", unit="video", disable=not progress) as bar:
                     for row in ds.iter_rows():
