@@ -18,8 +18,9 @@ input in one actor, one actor per ``resources.whole.num_cpus`` CPUs: each operat
 (``ActorPoolStrategy``) of processes that each import Ray Data and load their models, and a hop between
 operators costs the driver and Ray Data's bookkeeping CPU, which CPU-only nodes take from the steps
 themselves (``jobs/bench_curate.py`` on 2 cores against a single-process loop: 7 operators 1.04x, 4
-operators 1.42x, whole videos in one operator: see the benchmark). Inputs go out largest first, so
-the last one to finish is a small one. The CPU share and pool size of each operator are in ``resources``.
+split operators 1.42x, whole 1.65x). A whole video is the unit of work, so a cluster with more CPUs
+than inputs is better served by ``split``. Inputs go out largest first, so the last to finish is small.
+The CPU share and pool size of each operator are in ``resources``.
 
 The driver collects the rows of each input, and when its last shot is through, writes its part file
 (the unit of resumption), its stage-3 video and its chain-of-thought record (see
@@ -265,9 +266,10 @@ def _pool(res: StepResources):
     return {"compute": pool, "num_cpus": res.num_cpus}
 
 
-def build_dataset(cfg: CurateConfig, items: list[dict], out: Path, cluster: dict[str, float]):
+def build_dataset(cfg: CurateConfig, items: list[dict], out: Path, cluster: dict[str, float], free: dict[str, float]):
     """The Ray Data pipeline over ``items`` (``{"key", "path", "state"}`` rows), lazily, in the layout
-    ``resources`` chooses for a cluster of ``cluster`` resources (``ray.cluster_resources()``)."""
+    ``resources`` chooses for a cluster of ``cluster`` resources (``ray.cluster_resources()``), ``free`` of
+    them now (``ray.available_resources()``)."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -278,10 +280,18 @@ def build_dataset(cfg: CurateConfig, items: list[dict], out: Path, cluster: dict
     gpu = {"num_gpus": r.gpu_fraction} if gpus > 0 and r.gpu == "auto" else {}
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     if r.chosen_layout(gpus) == "whole":
-        n = r.whole_actors(cluster.get("CPU", 0), len(items))
-        pool = ActorPoolStrategy(min_size=n, max_size=n, max_tasks_in_flight_per_actor=1)
+        if free.get("CPU", 0) < r.whole.num_cpus:
+            log.warning(
+                "curate: %.2f CPUs free, each actor asks for resources.whole.num_cpus=%s: waiting for CPUs",
+                free.get("CPU", 0),
+                r.whole.num_cpus,
+            )
+        now = r.whole_actors(free.get("CPU", 0), len(items))  # started at once, each loads its models
+        most = max(now, r.whole_actors(cluster.get("CPU", 0), len(items)))  # as CPUs free up
+        pool = ActorPoolStrategy(min_size=now, max_size=most, max_tasks_in_flight_per_actor=1)
         whole = {"compute": pool, "num_cpus": r.whole.num_cpus}
         ds = ds.flat_map(WholeVideo, fn_constructor_args=(cfg, str(out)), **whole, **gpu)
+        log.info("curate: whole layout, %d-%d actors of %s CPUs", now, most, r.whole.num_cpus)
     else:
         ds = ds.flat_map(Chain, fn_constructor_args=(read_steps(cfg),), **_pool(r.transcribe), **gpu)
         ds = ds.flat_map(Chain, fn_constructor_args=(split_steps(cfg),), **_pool(r.split))
@@ -293,6 +303,7 @@ def build_dataset(cfg: CurateConfig, items: list[dict], out: Path, cluster: dict
             **_pool(r.vision),
             **gpu,
         )
+        log.info("curate: split layout")
     if cfg.instructions:
         ds = ds.map_batches(
             Instruct,
@@ -430,7 +441,7 @@ def run_curation(cfg: CurateConfig, progress: bool = True) -> CurationResult:
             items = [
                 {"key": vid, "path": str(p), "state": json.dumps({"source": str(p)})} for vid, p, _ in largest_first
             ]
-            ds = build_dataset(cfg, items, out, ray.cluster_resources())
+            ds = build_dataset(cfg, items, out, ray.cluster_resources(), ray.available_resources())
             try:
                 with tqdm(total=len(todo), desc="curate", unit="video", disable=not progress) as bar:
                     for row in ds.iter_rows():
