@@ -87,6 +87,8 @@ class StepResources(StrictConfig):
 
 
 class WholeResources(StrictConfig):
+    """The ``whole`` layout's actors: as many as the free CPUs hold start at once, more as CPUs free up."""
+
     num_cpus: float = Field(default=1.0, gt=0, description="CPUs of each actor (every step of one input)")
     max_actors: int | None = Field(
         default=None, ge=1, description="None: as many as the cluster's CPUs hold, never more than inputs"
