@@ -121,6 +121,7 @@ def test_a_second_head_starts_and_stops_only_its_own_processes(ray_head, tmp_pat
     other.stop()
     _, alive = psutil.wait_procs(children, timeout=30)
     assert alive == []
+    assert "Draining" not in other.log_path.read_text()  # stopped at once: no node drain (Ray waits up to 30 s)
     assert ray_head.proc.poll() is None  # the session's head is untouched
     assert psutil.Process(ray_head.proc.pid).children(recursive=True)
 

@@ -225,6 +225,9 @@ class LocalRayHead:
         env = {**os.environ, **ray_env(self.config, self.workdir, starting_head=True)}
         # `python` in a submitted job's entrypoint is this environment's interpreter
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        # On SIGTERM a head first drains its node for Serve's sake (up to 30 s whenever a worker is alive);
+        # this head is the only node and stops with everything on it, so there is nowhere to drain to.
+        env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
         if self.netguard_dir is not None:
             env = netguard.guard_env(self.netguard_dir, env)
         return env
