@@ -83,7 +83,7 @@ def run_loop(cfg: CurateConfig) -> dict:
 
     from vidrip.curate.inputs import resolve_inputs
     from vidrip.curate.outputs import VideoOutcome
-    from vidrip.curate.pipeline import WholeVideo, _Finisher, _slug, processing_sha, sha256_file
+    from vidrip.curate.pipeline import WholeVideo, _Finisher, input_row, processing_sha, sha256_file, video_id
 
     torch.set_num_threads(1)
     out = Path(cfg.out).resolve()
@@ -92,10 +92,10 @@ def run_loop(cfg: CurateConfig) -> dict:
     finisher = _Finisher(cfg, out, processing_sha(cfg))
     parts = []
     for path in resolve_inputs(cfg.inputs):
-        sha = sha256_file(path) or ""
-        vid = f"{_slug(path.stem)}-{sha[:10]}"
-        outcome = VideoOutcome(vid, path, sha)
-        for row in whole({"key": vid, "path": str(path), "state": json.dumps({"source": str(path)})}):
+        sha = sha256_file(path)
+        vid = video_id(path, sha)
+        outcome = VideoOutcome(vid, path, sha or "")
+        for row in whole(input_row(vid, path)):
             outcome.add(row)
         parts.append(finisher(outcome))
     return {"seconds": time.perf_counter() - start, "parts": parts}

@@ -67,7 +67,9 @@ __all__ = [
     "ResourcesConfig",
     "WholeVideo",
     "check_ready",
+    "input_row",
     "run_curation",
+    "video_id",
 ]
 
 log = logging.getLogger(__name__)
@@ -228,6 +230,16 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")[:40] or "video"
 
 
+def video_id(path: Path, sha: str | None) -> str:
+    """An input's id in every output: its name and the start of its content hash."""
+    return f"{_slug(path.stem)}-{(sha or 'unreadable')[:10]}"
+
+
+def input_row(vid: str, path: Path) -> dict:
+    """The row an input enters the pipeline as."""
+    return {"key": vid, "path": str(path), "state": json.dumps({"source": str(path)})}
+
+
 def sha256_file(path: Path) -> str | None:
     """Content hash; None for a file that cannot be read (it becomes a reject at probe)."""
     h = hashlib.sha256()
@@ -282,13 +294,14 @@ def build_dataset(cfg: CurateConfig, items: list[dict], out: Path, cluster: dict
     gpu = {"num_gpus": r.gpu_fraction} if gpus > 0 and r.gpu == "auto" else {}
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     if r.chosen_layout(gpus) == "whole":
-        if free.get("CPU", 0) < r.whole.num_cpus:
+        free_cpus = free.get("CPU", 0)
+        if free_cpus < r.whole.num_cpus:
             log.warning(
                 "curate: %.2f CPUs free, each actor asks for resources.whole.num_cpus=%s: waiting for CPUs",
-                free.get("CPU", 0),
+                free_cpus,
                 r.whole.num_cpus,
             )
-        now = r.whole_actors(free.get("CPU", 0), len(items))  # started at once, each loads its models
+        now = r.whole_actors(free_cpus, len(items))  # started at once, each loads its models
         most = max(now, r.whole_actors(cluster.get("CPU", 0), len(items)))  # as CPUs free up
         pool = ActorPoolStrategy(min_size=now, max_size=most, max_tasks_in_flight_per_actor=1)
         whole = {"compute": pool, "num_cpus": r.whole.num_cpus}
@@ -423,7 +436,7 @@ def run_curation(cfg: CurateConfig, progress: bool = True) -> CurationResult:
             shas = list(
                 tqdm(pool.map(sha256_file, paths), total=len(paths), desc="hash", unit="file", disable=not progress)
             )
-        ids = [f"{_slug(p.stem)}-{(s or 'unreadable')[:10]}" for p, s in zip(paths, shas, strict=True)]
+        ids = [video_id(p, s) for p, s in zip(paths, shas, strict=True)]
         parts = {
             vid: _load_part(out / "parts" / f"{vid}.json", config_sha, s) for vid, s in zip(ids, shas, strict=True)
         }
@@ -440,9 +453,7 @@ def run_curation(cfg: CurateConfig, progress: bool = True) -> CurationResult:
             finisher = _Finisher(cfg, out, config_sha)
             outcomes = {vid: VideoOutcome(vid, p, s or "") for vid, p, s in todo}
             largest_first = sorted(todo, key=lambda t: _size(t[1]), reverse=True)
-            items = [
-                {"key": vid, "path": str(p), "state": json.dumps({"source": str(p)})} for vid, p, _ in largest_first
-            ]
+            items = [input_row(vid, p) for vid, p, _ in largest_first]
             ds = build_dataset(cfg, items, out, ray.cluster_resources(), ray.available_resources())
             try:
                 with tqdm(total=len(todo), desc="curate", unit="video", disable=not progress) as bar:
