@@ -21,10 +21,15 @@ Answers are deterministic and follow the prompt (see :func:`answer`). The transc
   from :func:`diagnosis_of` (what follows "consistent with", "diagnosis is", ... in the transcript);
 - otherwise a plain-text description quoting the transcript.
 
-Fault injection (constructor): ``fail_first`` requests get HTTP ``fail_status`` (429 with ``Retry-After``,
-or 500), ``garbage_first`` requests that ask for JSON get prose instead, ``delay_s`` per request,
-``api_key`` demands ``Authorization: Bearer <key>`` (401 otherwise), ``responder(body)`` may replace
-any answer (return ``None`` to keep the default).
+Fault injection (constructor): ``fail_first`` requests get HTTP ``fail_status`` (429, 500, 503, ...) with
+``Retry-After: <retry_after>`` (seconds; the openai client waits that long when it is in (0, 120], and uses
+its own backoff when there is none), ``garbage_first`` requests that ask for JSON get prose instead,
+``delay_s`` per request, ``api_key`` demands ``Authorization: Bearer <key>`` (401 otherwise),
+``responder(body)`` may replace any answer (return ``None`` to keep the default).
+
+Concurrency without timing: ``hold_first=n`` holds each of the first ``n`` chat requests until ``n`` are in
+flight at once (or, once, :data:`HOLD_TIMEOUT_S` passed, when they never are), so a client that really sends ``n``
+at once makes ``max_in_flight`` reach ``n`` however slowly its threads start.
 '''
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ __all__ = ["GARBAGE", "ChatServer", "answer", "diagnosis_of", "score_of", "trans
 
 GARBAGE = "Sorry, I would rather not answer in that format today. The clip looks interesting, though."
 NO_DIAGNOSIS = "no definitive diagnosis stated"
+HOLD_TIMEOUT_S = 10.0  # hold_first: only a client that never sends that many at once waits this long
 
 _TRANSCRIPT = re.compile(r'transcript[^\n]*\n\s*"""\n(.*?)\n"""', re.IGNORECASE | re.DOTALL)
 _DIAGNOSIS = re.compile(
@@ -135,9 +141,10 @@ class ChatServer:
         model: str = "vidrip-test-llm",
         fail_first: int = 0,
         fail_status: int = 429,
-        retry_after: str | None = "0",
+        retry_after: str | None = "0.01",
         garbage_first: int = 0,
         delay_s: float = 0.0,
+        hold_first: int = 0,
         api_key: str | None = None,
         responder: Callable[[dict], str | None] | None = None,
         host: str = "127.0.0.1",
@@ -149,10 +156,12 @@ class ChatServer:
         self.retry_after = retry_after
         self.garbage_first = garbage_first
         self.delay_s = delay_s
+        self.hold_first = hold_first
         self.api_key = api_key
         self.responder = responder
         self._host, self._port = host, port
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # notified when a request comes in
         self._requests: list[dict] = []
         self._failed = 0
         self._garbled = 0
@@ -221,6 +230,10 @@ class ChatServer:
     def _chat(self, body: dict, authorization: str | None) -> tuple[int, dict[str, str], dict | str]:
         with self._lock:
             self._requests.append(body)
+            if len(self._requests) <= self.hold_first:
+                self._changed.wait_for(lambda: self.in_flight >= self.hold_first, timeout=HOLD_TIMEOUT_S)
+                self.hold_first = 0  # the gate is open (or given up on) for everyone
+                self._changed.notify_all()
         if self.delay_s:
             time.sleep(self.delay_s)
         if self.api_key is not None and authorization != f"Bearer {self.api_key}":
@@ -229,7 +242,7 @@ class ChatServer:
             fail = self._failed < self.fail_first
             self._failed += fail
         if fail:
-            headers = {"Retry-After": self.retry_after} if self.fail_status == 429 and self.retry_after else {}
+            headers = {"Retry-After": self.retry_after} if self.retry_after is not None else {}
             kind = "rate_limit_exceeded" if self.fail_status == 429 else "server_error"
             return self.fail_status, headers, _error(f"injected failure (HTTP {self.fail_status})", kind, kind)
         if not isinstance(body.get("messages"), list) or not body["messages"]:
@@ -273,6 +286,7 @@ class ChatServer:
         with self._lock:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self._changed.notify_all()
 
     def _leave(self) -> None:
         with self._lock:

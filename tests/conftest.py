@@ -2,7 +2,8 @@
 
 The guard records every non-loopback network attempt of this process and of every Python process
 started with its environment (the Ray head and its workers, `vidrip ui`); the session fails if any
-was recorded.
+was recorded. It also fails if any test created or changed anything in Ray's default temp dir
+(``/tmp/ray``): every Ray the tests start keeps to a temp dir of its own (see ``ray_tempdir.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import ray_tempdir
 from vidrip import netguard
 from vidrip.runtime import apply_offline_env
 
@@ -22,7 +24,16 @@ GUARD_DIR = Path(tempfile.mkdtemp(prefix="vidrip-netguard-"))
 netguard.install(GUARD_DIR)
 
 REPO = Path(__file__).resolve().parent.parent
-TEST_PORT_OFFSET = 1000  # the test head sits beside a demo head (default ports) without clashing
+# The test head sits beside a demo head (default ports) without clashing; $VIDRIP_TEST_PORT_OFFSET moves it
+# further, so that two test sessions can run side by side on one machine.
+TEST_PORT_OFFSET = int(os.environ.get("VIDRIP_TEST_PORT_OFFSET", "1000"))
+RAY_TEMP = pytest.StashKey[tuple[Path, ray_tempdir.Snapshot]]()
+
+
+def pytest_sessionstart(session):
+    """Snapshot Ray's default temp dir, resolved now: a test may move it (``RAY_TMPDIR``) for a while."""
+    root = ray_tempdir.default_ray_temp_dir()
+    session.stash[RAY_TEMP] = (root, ray_tempdir.snapshot(root))
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -31,6 +42,16 @@ def pytest_sessionfinish(session, exitstatus):
         print(f"\nnetwork guard: {len(found)} non-loopback attempt(s):")
         for a in found[:20]:
             print(f"  pid {a['pid']} {a['event']} {a['target']} ({' '.join(a['argv'])})\n{a['stack']}")
+        session.exitstatus = 1
+    root, before = session.stash[RAY_TEMP]
+    written = ray_tempdir.changes(before, ray_tempdir.snapshot(root))
+    if written:
+        print(
+            f"\nRay's default temp dir {root} changed during the session (a Ray started without a temp dir of "
+            "its own, or another Ray on this machine):"
+        )
+        for line in written[:20]:
+            print(f"  {line}")
         session.exitstatus = 1
 
 

@@ -46,19 +46,17 @@ def test_sample_help_shows_options(venv_bin):
     assert "--out" in out.stdout and "--seed" in out.stdout and "key=value" in out.stdout
 
 
-def test_tune_without_a_stage2_checkpoint_says_so_before_starting_ray(venv_bin, tmp_path, repo, subprocess_env):
-    store = f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"  # not whatever store an earlier test pointed at
-    out = subprocess.run(
-        [venv_bin / "vidrip", "tune", "--config", "tune_configs/lora_sweep_tiny.yaml", f"workdir={tmp_path}", store],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=repo,
-        env=subprocess_env,
-    )
-    assert out.returncode == 1
-    assert "no FINISHED stage-2 run with a checkpoint" in out.stderr and "vidrip train --stages 0-2" in out.stderr
-    assert not (tmp_path / "ray").exists()  # no Ray head was started
+def test_tune_and_train_without_a_named_start_refuse_before_starting_ray(venv_bin, tmp_path, subprocess_env):
+    """No "newest run in the store": without init_from both list the candidates and start no Ray head."""
+    env = {k: v for k, v in subprocess_env.items() if k != "MLFLOW_TRACKING_URI"}
+    common = [f"workdir={tmp_path}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    for command in (["tune"], ["train", "--stages", "3"]):
+        out = subprocess.run(
+            [venv_bin / "vidrip", *command, *common], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path
+        )
+        assert out.returncode == 1 and "error: init_from: not set" in out.stderr, out.stderr[-2000:]
+        assert "no FINISHED run with a checkpoint" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "ray").exists()  # refused before a Ray head was started
 
 
 def test_curate_help_names_train_detector(venv_bin):
@@ -86,3 +84,13 @@ def test_curate_with_a_missing_detector_says_how_to_train_one(venv_bin, tmp_path
     )
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "detect.weights" in out.stderr and "vidrip curate train-detector" in out.stderr
+
+
+def test_every_default_config_is_packaged_and_its_help_says_which(venv_bin):
+    from vidrip import cli
+    from vidrip.config import config_file
+
+    for command in ("CURATE", "DETECTOR", "TRAIN", "TUNE", "SERVE", "EVAL", "PIPELINE"):
+        assert config_file(getattr(cli, f"{command}_CONFIG")).is_file(), command
+    out = _vidrip(venv_bin, "train", "--help")
+    assert f"(default: train_tiny, packaged: {config_file('train_tiny')})" in " ".join(out.stdout.split())

@@ -46,7 +46,7 @@ def curated(ray_head, sample_dir, detector_weights, llm, tmp_path_factory):
         workdir=str(root),
         licence="CC0-1.0",
         detect={"weights": str(detector_weights)},
-        llm={"base_url": llm.base_url, "model": "fake-llm", "backoff_s": 0.01},
+        llm={"base_url": llm.base_url, "model": "fake-llm"},
         tracking=TrackingConfig(uri=f"sqlite:///{root / 'mlflow.db'}"),
     )
     connect(ray_head.config, ray_head.workdir)
@@ -136,8 +136,8 @@ def test_dataset_card_and_croissant(curated):
 
 def test_mlflow_run_has_counts_drops_seconds_and_contact_sheet(curated):
     cfg, result, _, _ = curated
-    mlflow.set_tracking_uri(cfg.tracking.uri)
-    run = mlflow.get_run(result.run_id)
+    client = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri)
+    run = client.get_run(result.run_id)
     m = run.data.metrics
     assert m["inputs"] == 7 and m["inputs_rejected"] == 5
     assert m["dropped_seconds.presenter_fills_the_view"] > 0 and m["rejected_inputs_by_reason.too_short"] == 1
@@ -148,7 +148,7 @@ def test_mlflow_run_has_counts_drops_seconds_and_contact_sheet(curated):
     assert m["count.shots.in"] == m["count.transcribe.out"] and m["count.shots.out"] >= 4
     assert m["count.detect.out"] <= m["count.detect.in"] and m["count.trim.out"] < m["count.trim.in"]
     assert m["count.clips.out"] == result.counts["clips"] and m["count.instruct.out"] == m["clips_kept"]
-    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id)}
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert "contact_sheet.png" in artifacts
     from PIL import Image
 

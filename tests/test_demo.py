@@ -19,7 +19,7 @@ def test_the_job_gets_absolute_paths_and_the_cluster_it_is_submitted_to(tmp_path
     assert command[1:3] == ["job", "submit"] and (Path(command[command.index("--working-dir") + 1]) / "jobs").is_dir()
     assert command[command.index("--submission-id") + 1] == "sub-1"
     argv = shlex.split(shlex.join(command[command.index("--") + 1 :]))  # what Ray's CLI hands the job's shell
-    assert argv[:4] == ["python", "jobs/pipeline.py", "--config", "jobs/configs/pipeline_tiny.yaml"]
+    assert argv[:4] == ["python", "jobs/pipeline.py", "--config", "pipeline_tiny"]
     assert argv[4:] == [*overrides, "curate.overrides=[llm.model=a b, 'x={}']"]  # quoting survives the shell
 
 

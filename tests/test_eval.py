@@ -196,7 +196,7 @@ class Sequenced:
 def _judge_cfg(server: ChatServer, **kw):
     from vidrip.eval.config import JudgeConfig
 
-    return JudgeConfig(base_url=server.base_url, model="judge-x", backoff_s=0.0, timeout_s=1.0, **kw)
+    return JudgeConfig(base_url=server.base_url, model="judge-x", timeout_s=1.0, **kw)
 
 
 def _items_and_preds(n: int = 2):
@@ -262,10 +262,11 @@ def test_the_same_judgement_asked_four_times_at_once_is_paid_once(tmp_path):
 
 def test_rate_limits_are_waited_out(tmp_path):
     items, preds = _items_and_preds(1)
-    with ChatServer(fail_first=2, fail_status=429, retry_after="0", responder=lambda b: "{'score': 3}") as server:
+    with ChatServer(fail_first=2, fail_status=429, retry_after="0.05", responder=lambda b: "{'score': 3}") as server:
         judge = Judge(_judge_cfg(server, criteria=["detail"]), server.base_url, tmp_path)
         [j] = judge.score(items, preds)
-        assert j.score == 3.0 and judge.chat.stats["retries"] == 2
+        assert j.score == 3.0 and not j.failed and len(server.requests) == 3
+        assert judge.chat.stats["retries"] == 2 and judge.chat.stats["requests"] == 3
 
 
 def test_a_failed_prediction_scores_zero_without_asking_and_consistency_needs_question_2(tmp_path):
@@ -345,7 +346,7 @@ def test_eval_job_scores_two_models_writes_the_table_tracks_it_and_pays_nothing_
                     {"name": "stage 3", "base_url": models.base_url, "model": "good", "revision": "run-1"},
                     {"name": "baseline", "base_url": models.base_url, "model": "bad", "max_tokens": 256},
                 ],
-                "judge": {"base_url": judge_server.base_url, "model": "judge-x", "max_retries": 1, "backoff_s": 0},
+                "judge": {"base_url": judge_server.base_url, "model": "judge-x", "max_retries": 1},
                 "out": str(tmp_path / "eval"),
                 "workdir": str(tmp_path),
                 "tracking": tracking.model_dump(),
@@ -384,12 +385,13 @@ def test_eval_job_scores_two_models_writes_the_table_tracks_it_and_pays_nothing_
         failures = [json.loads(line) for line in Path(result.paths["failures"]).read_text().splitlines()]
         assert len(failures) == n and {f["criterion"] for f in failures} == {"context"}
 
-        run = mlflow.get_run(result.run_id)
+        client = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri)
+        run = client.get_run(result.run_id)
         assert run.info.status == "FINISHED"
         assert run.data.tags["vidrip.eval.model.0.revision"] == "run-1"
         assert run.data.tags["vidrip.eval.judge"] == "judge-x"
         assert run.data.metrics["stage_3.norm_avg"] == 80.0 and run.data.metrics["baseline.context_judge_failures"] == n
-        artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id)}
+        artifacts = {a.path for a in client.list_artifacts(result.run_id)}
         assert {"table.md", "table.csv", "chart.png", "judgements.jsonl", "failures.jsonl"} <= artifacts
 
         again = evaluate(cfg)
@@ -427,24 +429,22 @@ def test_without_a_judge_the_judge_free_metrics_still_say_something(sample_dir, 
 
 
 def test_served_models_are_tagged_with_their_registry_version_and_base(tmp_path, tracking):
-    import mlflow
-
-    from vidrip.eval.run import served_revisions
     from vidrip.serve.config import ServeConfig
-    from vidrip.tracking import register_checkpoint
+    from vidrip.serve.launch import served_revisions
+    from vidrip.tracking import Lineage
 
     adapter = tmp_path / "stage3"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/models/stage2"}))
-    mlflow.set_tracking_uri(tracking.uri)
-    with mlflow.start_run() as run:
+    lineage = Lineage(tracking, tmp_path)
+    with lineage.run("train", ServeConfig()) as run:
         pass
-    version = register_checkpoint("vidrip-video", adapter, run.info.run_id)
-    mlflow.MlflowClient().set_registered_model_alias("vidrip-video", "champion", version.version)
+    version = lineage.register("vidrip-video", adapter, run.run_id)
+    lineage.client.set_registered_model_alias("vidrip-video", "champion", version.version)
     cfg = ServeConfig(adapters={"vidrip-video": "models:/vidrip-video@champion", "other": str(adapter)})
-    got = served_revisions(cfg, tracking.uri)
+    got = served_revisions(cfg, lineage)
     assert got["vidrip-video"] == (
-        f"models:/vidrip-video@champion = version 1 of MLflow run {run.info.run_id} ({adapter.resolve()})"
+        f"models:/vidrip-video@champion = version 1 of MLflow run {run.run_id} ({adapter.resolve()})"
     )
     assert got["other"] == str(adapter.resolve()) and got["vidrip-base"] == "/models/stage2"
 

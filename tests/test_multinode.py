@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,23 +24,38 @@ DECODE_STEPS = ("shots", "keyframes")
 
 
 @pytest.fixture
-def cluster(tmp_path, guard_dir, monkeypatch):
+def ray_temp(monkeypatch) -> Iterator[Path]:
+    """The nodes' temp dir, in a short folder of our own that is Ray's default temp dir for the test; removed after.
+
+    Ray's socket paths must stay under 107 bytes, so tmp_path is too deep. `Cluster` writes its address file into
+    Ray's default temp dir whatever temp_dir the nodes get (`write_ray_address(gcs_address)` in
+    ray/cluster_utils.py); $RAY_TMPDIR moves that default (`get_default_system_temp_dir` in ray/_common/utils.py)
+    to `<folder>/ray`, the nodes' own temp dir, instead of /tmp/ray.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="vidrip-mn-", dir="/tmp"))
+    monkeypatch.setenv("RAY_TMPDIR", str(folder))
+    yield folder / "ray"
+    shutil.rmtree(folder)
+
+
+@pytest.fixture
+def cluster(tmp_path, guard_dir, ray_temp, monkeypatch):
     """Three nodes on loopback, without auth (a test cluster), every process under the network guard."""
     import ray
     from ray._private import ray_constants
     from ray.cluster_utils import Cluster
 
     from vidrip import netguard
-    from vidrip.runtime import RayConfig, connect
+    from vidrip.runtime import RayConfig, connect, ensure_ray_bootstrap_config
 
+    ensure_ray_bootstrap_config()  # as LocalRayHead.start does: else the head's dashboard probes cloud metadata
     for key, value in netguard.guard_env(guard_dir, dict(os.environ)).items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     # Ray's multi-node mode off: every process keeps 127.0.0.1 instead of the host's outward address
     monkeypatch.setenv(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, "0")
     monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
-    temp = Path("/tmp") / f"vidrip-mn-{free_port()}"  # Ray's socket paths must stay short
-    node = {"node_ip_address": "127.0.0.1", "temp_dir": str(temp), "object_store_memory": 200 * 1024**2}
+    node = {"node_ip_address": "127.0.0.1", "temp_dir": str(ray_temp), "object_store_memory": 200 * 1024**2}
     head = {
         "num_cpus": 0,  # as on a real cluster, the head schedules no work
         "include_dashboard": False,

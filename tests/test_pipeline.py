@@ -1,5 +1,6 @@
 """The pipeline as `make demo` runs it: a Ray head on loopback, `ray job submit` of jobs/pipeline.py, the
-steps' MLflow lineage, a failed run resumed, a rerun that skips what is done, and the demo's printout.
+steps' MLflow lineage, a failed run resumed, a rerun after an edited YAML that skips what is done and reruns
+what changed, and the demo's printout.
 
 One small pipeline (1 raw video, one sweep trial, a few steps per stage) runs end to end once; the
 other runs reuse its work directory and MLflow store, as a user's second `make demo` does.
@@ -12,17 +13,28 @@ import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
 import mlflow
 import pytest
 import yaml
 
 from conftest import FAST_DETECTOR, SMALL_SAMPLE, free_port
+from shared_cluster import Watcher, other_app
 from vidrip.runtime import RayConfig, RayPorts
 
 pytestmark = pytest.mark.integration
 
 PORT_OFFSET = 2000  # beside a user's demo head (0), the session head (1000) and test_head's (3000)
 STEPS = ["sample", "detector", "curate", "train", "sweep", "merge", "serve", "eval"]
+
+
+def _sweep_yaml(tmp: Path, repo: Path, lr: float) -> Path:
+    """The tiny sweep as a YAML file of the test's own (one trial of two steps), so a test can edit it."""
+    sweep = yaml.safe_load((repo / "tune_configs/lora_sweep_tiny.yaml").read_text())
+    sweep.update(space={"lora.rank": {"grid": [4]}, "lr": {"grid": [lr]}}, max_steps=2, eval_every=1)
+    path = tmp / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
 
 
 def _overrides(tmp: Path, serve_port: int, eval_limit: int = 2) -> list[str]:
@@ -34,18 +46,20 @@ def _overrides(tmp: Path, serve_port: int, eval_limit: int = 2) -> list[str]:
         *[f"sample.{k}={v}" for k, v in SMALL_SAMPLE.items()],
         f"detector.overrides={json.dumps(fast_detector)}",
         "train.overrides=[max_steps=1, save_steps=1]",
-        'sweep.overrides=["space={lora.rank: {grid: [4]}, lr: {grid: [0.001]}}", max_steps=2, eval_every=1]',
+        f"sweep.config={tmp / 'sweep.yaml'}",
         f"eval.overrides=[limit={eval_limit}, models.0.max_tokens=8, models.1.max_tokens=8, judge.max_retries=1]",
     ]
 
 
-def _demo(tmp: Path, overrides: list[str], venv_bin: Path, env: dict) -> subprocess.CompletedProcess:
-    """`vidrip demo` as a user runs it (a process of its own, its head on ports of its own); the network
-    guard is in its environment, so every process of its head is watched too."""
+def _demo(
+    tmp: Path, overrides: list[str], venv_bin: Path, env: dict, address: str | None = None
+) -> subprocess.CompletedProcess:
+    """`vidrip demo` as a user runs it (a process of its own, its head on ports of its own, or the running
+    cluster at ``address``); the network guard is in its environment, so every process of its head is watched."""
     cfg = {
         "workdir": str(tmp / "work"),
         "pipeline_overrides": overrides,
-        "ray": RayConfig(num_cpus=2, ports=RayPorts().shifted(PORT_OFFSET)).model_dump(),
+        "ray": RayConfig(num_cpus=2, ports=RayPorts().shifted(PORT_OFFSET), address=address).model_dump(),
         "max_new_tokens": 4,
     }
     config = tmp / f"demo-{len(list(tmp.glob('demo-*.yaml')))}.yaml"
@@ -66,18 +80,59 @@ def _client(tmp: Path) -> mlflow.MlflowClient:
 
 
 @pytest.fixture(scope="module")
-def first(tmp_path_factory, venv_bin, subprocess_env):
-    """A run that fails at curation (its LLM endpoint is down), then the same pipeline fixed: it resumes."""
+def first(tmp_path_factory, venv_bin, subprocess_env, repo, guard_dir):
+    """A run that fails at curation (its LLM endpoint is down; the demo starts and stops its own head), then
+    the same pipeline fixed, on a cluster it shares: a head of the test's own where another team's Serve app
+    answers. The fixed run resumes; the other app keeps answering throughout."""
+    import ray
+    from ray import serve
+
+    from vidrip.runtime import LocalRayHead, connect
+
     tmp = tmp_path_factory.mktemp("pipeline")
+    _sweep_yaml(tmp, repo, lr=0.001)
     port = free_port()
     down = [
         "instruct_llm=null",
         f'curate.overrides=["llm.base_url=http://127.0.0.1:{free_port()}/v1", llm.max_retries=0]',
     ]
     failed = _demo(tmp, _overrides(tmp, port) + down, venv_bin, subprocess_env)
-    fixed = _demo(tmp, _overrides(tmp, port), venv_bin, subprocess_env)
-    assert fixed.returncode == 0, fixed.stdout[-4000:] + fixed.stderr[-4000:]
-    return SimpleNamespace(tmp=tmp, port=port, failed=failed, out=fixed.stdout, summary=_summary(tmp))
+    # room for the other app, and for the endpoint a run keeps up (1.2 CPUs) beside the next run's sweep trial
+    cfg = RayConfig(num_cpus=3, ports=RayPorts().shifted(PORT_OFFSET))
+    head = LocalRayHead(cfg, tmp / "work", netguard_dir=guard_dir).start()
+    try:
+        connect(cfg, tmp / "work")
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(other_app(), name="other", route_prefix="/other")
+        ray.shutdown()
+        watcher = Watcher(f"http://127.0.0.1:{port}/other")
+        fixed = _demo(tmp, _overrides(tmp, port), venv_bin, subprocess_env, address=cfg.gcs_address)
+        watcher.stop()
+        assert fixed.returncode == 0, fixed.stdout[-4000:] + fixed.stderr[-4000:]
+        yield SimpleNamespace(
+            tmp=tmp, port=port, failed=failed, out=fixed.stdout, summary=_summary(tmp), head=head, watcher=watcher
+        )
+    finally:
+        head.stop()
+
+
+def test_the_pipeline_leaves_other_applications_on_a_shared_cluster_alone(first):
+    """Curation's instruction LLM came and went, the endpoint was deployed and stays; the other team's app
+    answered every time it was asked during the run, and still does."""
+    import ray
+    from ray import serve
+
+    from vidrip.runtime import connect
+
+    assert first.watcher.asked >= 20 and first.watcher.failures == []
+    assert httpx.get(f"http://127.0.0.1:{first.port}/other", timeout=10).text == "other"
+    connect(first.head.config, first.head.workdir)
+    try:
+        apps = serve.status().applications
+    finally:
+        ray.shutdown()
+    assert set(apps) == {"other", "vidrip"}  # the instruction LLM (vidrip-instruct) was deleted after curation
+    assert first.summary["endpoint"]["url"] == f"http://127.0.0.1:{first.port}"  # the running Serve, reused
 
 
 def test_a_failed_run_resumes_where_it_stopped(first):
@@ -127,7 +182,8 @@ def test_every_step_is_its_own_run_and_the_lineage_reaches_from_data_to_evaluati
     assert sorted(r.data.tags["vidrip.stage"] for r in stage_runs) == ["0", "1", "2", "3"]
     sweep = child_of("sweep", "vidrip-tune")
     stage2 = steps["train"]["outputs"]["stages"]["2"]["checkpoint"]
-    assert sweep.data.params["model.checkpoint"] == stage2  # the sweep started from this run's stage 2
+    assert sweep.data.params["init_from"] == steps["train"]["outputs"]["stages"]["2"]["run_id"]  # named by its id
+    assert sweep.data.tags["vidrip.init_checkpoint"] == stage2  # the sweep started from this run's stage 2
     champion = client.get_model_version_by_alias("vidrip-video", "champion")
     assert champion.source == str(Path(steps["sweep"]["outputs"]["best_checkpoint"]).resolve())
     merged = steps["merge"]["outputs"]
@@ -153,10 +209,17 @@ def test_the_demo_prints_the_table_an_openai_example_and_the_ui_command(first):
     assert f"vidrip ui --workdir {first.tmp / 'work'}" in out and "Research use only" in out
 
 
-def test_a_rerun_skips_what_is_done_and_reruns_what_changed(first, venv_bin, subprocess_env):
-    """`make demo` again, with only the evaluation's size changed: every step up to the model is reused,
-    serving deploys again (it is not an output on disk), the evaluation runs again."""
-    again = _demo(first.tmp, _overrides(first.tmp, first.port, eval_limit=1), venv_bin, subprocess_env)
+def test_a_rerun_after_an_edited_sweep_yaml_skips_what_is_done_and_reruns_what_changed(
+    first, venv_bin, subprocess_env, repo
+):
+    """`make demo` again after editing the sweep's YAML file (its search space) and the evaluation's size:
+    every step before the sweep is reused, the sweep runs anew under a new name and searches the new space
+    (the old sweep stays in MLflow), and what follows it runs again."""
+    _sweep_yaml(first.tmp, repo, lr=0.002)
+    watcher = Watcher(f"http://127.0.0.1:{first.port}/other")
+    address = first.head.config.gcs_address
+    again = _demo(first.tmp, _overrides(first.tmp, first.port, eval_limit=1), venv_bin, subprocess_env, address)
+    assert watcher.stop().failures == []
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     summary = _summary(first.tmp)
     status = {s["step"]: s["status"] for s in summary["steps"]}
@@ -165,12 +228,49 @@ def test_a_rerun_skips_what_is_done_and_reruns_what_changed(first, venv_bin, sub
         "detector": "skipped",
         "curate": "skipped",
         "train": "skipped",
-        "sweep": "skipped",
-        "merge": "skipped",
+        "sweep": "ran",
+        "merge": "ran",
         "serve": "ran",
         "eval": "ran",
     }
     assert summary["run_id"] == first.summary["run_id"]  # the same pipeline run, reopened
-    before = {s["step"]: s["outputs"] for s in first.summary["steps"]}
-    assert all(s["outputs"] == before[s["step"]] for s in summary["steps"] if s["status"] == "skipped")
+    before = {s["step"]: s for s in first.summary["steps"]}
+    after = {s["step"]: s for s in summary["steps"]}
+    assert all(after[k]["outputs"] == before[k]["outputs"] for k, v in status.items() if v == "skipped")
+    assert after["sweep"]["key"] != before["sweep"]["key"]
+    client = _client(first.tmp)
+    sweeps = {step["key"]: client.get_run(step["outputs"]["run_id"]) for step in (before["sweep"], after["sweep"])}
+    new, old = sweeps[after["sweep"]["key"]], sweeps[before["sweep"]["key"]]
+    assert new.info.run_id != old.info.run_id and old.info.status == new.info.status == "FINISHED"
+    assert json.loads(new.data.params["space.lr.grid"]) == [0.002] and json.loads(old.data.params["space.lr.grid"]) == [
+        0.001
+    ]
+    assert new.info.run_name == f"pipeline-tiny-sweep-{after['sweep']['key'][:8]}"
+    trials = client.search_runs([new.info.experiment_id], f"tags.`mlflow.parentRunId` = '{new.info.run_id}'")
+    assert [float(t.data.params["lr"]) for t in trials] == [0.002]  # the new sweep searched the new space
     assert "| train | skipped |" in again.stdout and "1 items" in again.stdout
+
+
+def test_a_step_is_keyed_and_named_by_its_resolved_config_not_its_file(tmp_path, repo):
+    """The training config's content decides the train step's key and run name: the same YAML elsewhere is the
+    same run; the YAML file edited is a new run (the old one is left as it was)."""
+    from vidrip.config import load_config
+    from vidrip.pipeline import steps
+    from vidrip.pipeline.config import PipelineConfig
+    from vidrip.pipeline.run import keyed_config, step_key
+
+    copy = tmp_path / "train.yaml"
+    copy.write_text((repo / "jobs/configs/train_tiny.yaml").read_text())
+
+    def train(path: Path):
+        cfg = load_config(PipelineConfig, repo / "jobs/configs/pipeline_tiny.yaml", [f"train.config={path}"])
+        build = lambda name: steps.train_config(cfg, "/sample", "/curated", name)  # noqa: E731
+        config, inputs = keyed_config("train", build, {"sample_fingerprint": "f"}, "run_name", cfg.name)
+        return config.run_name, step_key("train", inputs)
+
+    shipped, copied = train(repo / "jobs/configs/train_tiny.yaml"), train(copy)
+    assert shipped == copied and shipped[0] == f"pipeline-tiny-train-{shipped[1][:8]}"
+    copy.write_text(copy.read_text().replace("max_steps: 4", "max_steps: 3"))
+    edited = train(copy)
+    assert edited[0] != shipped[0] and edited[1] != shipped[1]
+    assert edited[0] == f"pipeline-tiny-train-{edited[1][:8]}"

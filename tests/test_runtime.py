@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import psutil
 import pytest
@@ -118,9 +119,13 @@ def test_a_second_head_starts_and_stops_only_its_own_processes(ray_head, tmp_pat
     other.start()
     children = psutil.Process(other.proc.pid).children(recursive=True)
     assert children
+    ray_files = tmp_path / "ray" / "tmp"
+    assert list(ray_files.glob("session_2*/sockets"))  # Ray's files, sockets too, are in the work dir
     other.stop()
     _, alive = psutil.wait_procs(children, timeout=30)
     assert alive == []
+    links = [p for p in Path("/tmp").glob("vidrip-ray-*") if p.is_symlink() and os.readlink(p) == str(ray_files)]
+    assert links == []  # the short link a deep work dir needs for Ray's socket paths is gone with the head
     assert "Draining" not in other.log_path.read_text()  # stopped at once: no node drain (Ray waits up to 30 s)
     assert ray_head.proc.poll() is None  # the session's head is untouched
     assert psutil.Process(ray_head.proc.pid).children(recursive=True)

@@ -637,18 +637,29 @@ def _engine(models, **batching):
     return Engine(ServeConfig(model={"checkpoint": str(models["base"])}, batching=batching))
 
 
-def test_batches_that_wait_for_the_model_are_merged(models):
+def test_batches_that_wait_for_the_model_are_merged(models, monkeypatch):
     from vidrip.serve.engine import GenRequest
 
     engine = _engine(models, max_batch_size=16, fill_wait_s=0)
     ask = lambda n, tokens: [  # noqa: E731
         GenRequest(messages=[{"role": "user", "content": "hi"}], max_tokens=tokens) for _ in range(n)
     ]
+    # the first generation is held on the model thread until both later lists are in: however fast the model
+    # is, they arrive while it is busy (what the test is about), not after it finished
+    busy, release, generate_group = threading.Event(), threading.Event(), engine._generate_group
+
+    def held_first(group):
+        if not busy.is_set():
+            busy.set()
+            release.wait(timeout=120)
+        return generate_group(group)
+
+    monkeypatch.setattr(engine, "_generate_group", held_first)
     try:
-        first = engine.submit(ask(1, 64))  # the model is busy with this one while the next two lists arrive
-        while not engine.batch_sizes:  # counted when its generation starts
-            time.sleep(0.005)
+        first = engine.submit(ask(1, 64))
+        assert busy.wait(timeout=120)  # the model is generating the first request
         waiting = engine.submit(ask(3, 4)) + engine.submit(ask(3, 4))
+        release.set()
         replies = [f.result() for f in first + waiting]
         assert all(r.completion_tokens == (64 if i == 0 else 4) for i, r in enumerate(replies))
         assert dict(engine.batch_sizes) == {1: 1, 6: 1}

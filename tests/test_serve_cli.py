@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import yaml
 
 from conftest import free_port
 from serve_models import make_adapter, make_base, make_video
+from shared_cluster import Watcher, other_app
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +64,7 @@ def test_bad_override_names_the_key(venv_bin, repo):
         [venv_bin / "vidrip", "serve", "limits.max_tokenz=3"], capture_output=True, text=True, timeout=120, cwd=repo
     )
     assert out.returncode == 2
-    assert "serve_apps/tiny.yaml: applications[0].args.limits.max_tokenz" in out.stderr
+    assert "serve_tiny.yaml): applications[0].args.limits.max_tokenz" in out.stderr  # the packaged default
     assert "Traceback" not in out.stderr
 
 
@@ -158,3 +160,57 @@ def test_serve_run_deploys_tiny_yaml(ray_head, served_files, venv_bin, repo, sub
         except subprocess.TimeoutExpired:
             proc.kill()
         _shutdown_serve(ray_head)
+
+
+def test_vidrip_eval_deploys_its_app_beside_another_and_deletes_only_its_own(
+    ray_head, served_files, venv_bin, repo, subprocess_env, sample_dir, tmp_path
+):
+    """`vidrip eval` with `base_url: null` on a cluster where another team's app runs: it reuses the running
+    Serve instance (its port), deploys its app, evaluates over HTTP, deletes its app alone."""
+    import ray
+    from ray import serve
+
+    from vidrip.runtime import connect
+    from vidrip.serve.launch import running_serve_http
+
+    connect(ray_head.config, ray_head.workdir)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+        serve.run(other_app(), name="other", route_prefix="/other")
+        _, port = running_serve_http()
+    finally:
+        ray.shutdown()
+    model = {"name": "base", "base_url": None, "model": "vidrip-base", "max_tokens": 4, "num_frames": 2}
+    serve_overrides = ["adapters={}", f"media.root={sample_dir}"]
+    cmd = [
+        venv_bin / "vidrip",
+        "eval",
+        f"test_set={sample_dir}/test.json",
+        "limit=1",
+        f"models=[{json.dumps(model)}]",
+        "judge=null",
+        "judge_free.similarity=false",
+        f"serve.overrides={json.dumps(serve_overrides)}",
+        f"serve.port={free_port()}",  # Serve already runs: its own port is used, this one is not
+        f"ray.address={ray_head.config.gcs_address}",
+        f"workdir={ray_head.workdir}",
+        f"out={tmp_path / 'eval'}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+    ]
+    env = {k: v for k, v in subprocess_env.items() if k not in ("VIDRIP_API_KEY", "MLFLOW_TRACKING_URI")}
+    watcher = Watcher(f"http://127.0.0.1:{port}/other")
+    try:
+        done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        watcher.stop()
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "| base |" in done.stdout and "1 items" in done.stdout
+    assert watcher.asked >= 5 and watcher.failures == []
+    assert httpx.get(f"http://127.0.0.1:{port}/other", timeout=10).text == "other"
+    connect(ray_head.config, ray_head.workdir)
+    try:
+        assert set(serve.status().applications) == {"other"}  # the evaluation's app alone was deleted
+        serve.delete("other")
+    finally:
+        ray.shutdown()
+    assert "MLFLOW_TRACKING_URI" not in os.environ

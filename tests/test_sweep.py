@@ -1,15 +1,16 @@
 """LoRA sweeps on Ray Tune: the search space, concurrency, and a real sweep of real stage-3 trials."""
 
 import csv
+import json
+from pathlib import Path
 
-import mlflow
 import pytest
 
 from vidrip.config import ConfigError, load_config
-from vidrip.model.loading import ModelConfig, load_model, load_processor, save_model
+from vidrip.model.loading import ModelConfig, load_model, load_processor, resolve_checkpoint, save_model
 from vidrip.sweep.run import SweepConfig, max_concurrent_trials, run_sweep
 from vidrip.sweep.space import Dimension, apply_params, tune_space
-from vidrip.tracking import job_run
+from vidrip.tracking import InputError, Lineage
 from vidrip.train.chain import CHECKPOINT_TAG, STAGE_TAG
 from vidrip.train.stages import default_stage
 
@@ -46,21 +47,42 @@ def test_concurrency_fills_the_cluster_without_oversubscribing_it():
     assert max_concurrent_trials(gpu, {"CPU": 64.0, "GPU": 32.0}) == 1  # 64 CPUs fit no trial: never less than one
 
 
+def _stage2_runs(lineage: Lineage, tmp_path) -> list[tuple[str, Path]]:
+    """Two training runs' stage 2, as training leaves them in MLflow (FINISHED, with a checkpoint): older first."""
+    runs = []
+    for seed in (4, 5):
+        folder = tmp_path / f"stage2-seed{seed}"
+        init = ModelConfig(preset="tiny", seed=seed)
+        save_model(load_model(init), load_processor(init), folder)
+        with lineage.run("train", init, run_name=f"stage2-seed{seed}", tags={STAGE_TAG: "2"}) as run:
+            run.set_tag(CHECKPOINT_TAG, str(folder))
+        runs.append((run.run_id, folder))
+    return runs
+
+
+def test_a_sweep_without_a_named_start_lists_the_candidates(tmp_path, tracking, sample_dir):
+    lineage = Lineage(tracking, tmp_path)
+    (older, _), (newer, _) = _stage2_runs(lineage, tmp_path)
+    cfg = SweepConfig(
+        workdir=str(tmp_path), data_root=str(sample_dir), space={"lr": {"grid": [1e-5]}}, tracking=tracking
+    )
+    with pytest.raises(InputError, match="init_from: not set") as refused:
+        run_sweep(cfg)  # refused before it needs Ray
+    listed = [line.split()[:2] for line in str(refused.value).splitlines()[2:]]
+    assert listed == [[newer, "stage2-seed5"], [older, "stage2-seed4"]]
+
+
 @pytest.mark.integration
 def test_a_sweep_stops_trials_early_survives_failures_and_promotes_the_best(
     ray_client, sample_dir, tmp_path, tracking, repo
 ):
-    # stage 2, as a training run leaves it in MLflow: a FINISHED run with its checkpoint
-    stage2 = tmp_path / "stage2"
-    init = ModelConfig(preset="tiny", seed=4)
-    save_model(load_model(init), load_processor(init), stage2)
-    with job_run("train", init, tracking=tracking, workdir=tmp_path, run_name="stage2-hybrid_sft") as run:
-        mlflow.set_tags({STAGE_TAG: "2", CHECKPOINT_TAG: str(stage2)})
-    stage2_run = run.info.run_id
+    lineage = Lineage(tracking, tmp_path)
+    (stage2_run, stage2), _newer = _stage2_runs(lineage, tmp_path)  # the sweep starts from the older, by its id
 
     cfg = SweepConfig(
         workdir=str(tmp_path),
         data_root=str(sample_dir),
+        init_from=stage2_run,
         name="test-sweep",
         stage_overrides={"global_batch_size": 2},
         # rank varies fastest: the two 3e-3 trials run first and set the bar that the 1e-5 ones fall below at
@@ -69,7 +91,7 @@ def test_a_sweep_stops_trials_early_survives_failures_and_promotes_the_best(
         max_steps=8,
         eval_every=4,
         eval_fraction=0.5,
-        deepspeed=str(repo / "jobs/configs/deepspeed/zero3.json"),
+        deepspeed="zero3",
         tracking=tracking,
     )
     result = run_sweep(cfg)
@@ -83,12 +105,15 @@ def test_a_sweep_stops_trials_early_survives_failures_and_promotes_the_best(
     scored = [r for r in result.rows if r.best_eval_loss is not None]
     assert len(scored) == 4 and result.best == min(scored, key=lambda r: r.best_eval_loss)
 
-    client = mlflow.MlflowClient()
+    client = lineage.client
     champion = client.get_model_version_by_alias("vidrip-video", "champion")
     assert champion.source == result.best.checkpoint
+    loaded_base = json.loads((Path(champion.source) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert loaded_base == str(stage2)  # the checkpoint the trials loaded: the older run's, as named
     champion_cfg = ModelConfig(checkpoint="models:/vidrip-video@champion")  # how the serve app loads it
-    assert load_model(champion_cfg).peft_config["default"].r == result.best.params["lora.rank"]
-    assert load_processor(champion_cfg).tokenizer.eos_token == "<|im_end|>"
+    champion_model = load_model(resolve_checkpoint(champion_cfg, tracking.uri))
+    assert champion_model.peft_config["default"].r == result.best.params["lora.rank"]
+    assert load_processor(resolve_checkpoint(champion_cfg, tracking.uri)).tokenizer.eos_token == "<|im_end|>"
 
     parent = client.get_run(result.run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["vidrip.init_from_run"] == stage2_run

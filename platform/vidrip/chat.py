@@ -1,4 +1,4 @@
-"""Asking an OpenAI-compatible chat endpoint robustly: retries, backoff, a disk cache, bounded concurrency.
+"""Asking an OpenAI-compatible chat endpoint robustly: retries, a disk cache, bounded concurrency.
 
 Shared by curation's instruction generator and evaluation's predictions and judge. Works against any
 server that speaks chat completions (OpenAI, vLLM, the platform's own Ray Serve app, a test server on
@@ -10,11 +10,13 @@ loopback)::
     scores = chat.map(lambda item: ..., items)      # at most ``max_concurrency`` requests in flight
     chat.stats   # {"requests", "cache_hits", "retries", "failures", "skipped", "prompt_tokens", ...}
 
-Retries are ours (the client's own are off): HTTP 408/409/425/429/5xx, connection errors and timeouts,
-with exponential backoff and the server's ``Retry-After``; answers that ``parse`` rejects
-(:class:`UnparsableOutput`) are asked again at once. One item that gives up raises :class:`ItemFailed`
-with its reason; a refused key or an unknown model (HTTP 401/403/404) raises :class:`ChatError`, since no
-item can succeed, and stops ``map``.
+Transport retries are the ``openai`` client's own: HTTP 408/409/429/5xx, connection errors and timeouts,
+with its exponential backoff (with jitter) and the server's ``retry-after-ms`` / ``Retry-After`` (a wait
+longer than the client accepts, 2 minutes, is not waited for: the item fails). What is ours is what the
+client cannot know: an answer that ``parse`` rejects (:class:`UnparsableOutput`) is asked again at once;
+both kinds of retry share one budget per item, ``max_retries``, and ``stats["retries"]`` counts both. An
+item that gives up raises :class:`ItemFailed` with its reason; a refused key or an unknown model (HTTP
+401/403/404) raises :class:`ChatError`, since no item can succeed, and stops ``map``.
 
 Every parsed answer is cached, one JSON file per request, keyed by the request itself (model, messages,
 sampling, extra body) and whatever else the caller says decides the answer (a prompt version, a video's
@@ -28,17 +30,14 @@ Nothing happens at import time: ``openai`` is imported when the first request is
 from __future__ import annotations
 
 import ast
-import email.utils
 import hashlib
 import json
 import logging
 import math
 import os
-import random
 import re
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -62,9 +61,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
-MAX_BACKOFF_S = 60.0  # cap of the exponential backoff
-MAX_RETRY_AFTER_S = 300.0  # a server's Retry-After is honoured up to this
-
 
 class ChatError(RuntimeError):
     """The endpoint cannot serve any request (unreachable at check time, key refused, model unknown)."""
@@ -78,10 +74,13 @@ class ItemFailed(Exception):
     """One request gave up after its retries; the message is the reason."""
 
 
-class _Retryable(Exception):
-    def __init__(self, message: str, retry_after: float | None = None):
+class _Failed(Exception):
+    """One call that brought no answer, after the client's ``retries``; ``again``: worth asking again
+    (a body that is no chat completion), else the client gave up (its retries spent, or not retryable)."""
+
+    def __init__(self, message: str, retries: int, again: bool = False):
         super().__init__(message)
-        self.retry_after = retry_after
+        self.retries, self.again = retries, again
 
 
 # -------------------------------------------------------------------------------------------------- parsing
@@ -186,26 +185,6 @@ class DiskCache:
             raise
 
 
-def _retry_after(headers: Any) -> float | None:
-    """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date), if the server sent one."""
-    if headers is None:
-        return None
-    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
-        raw = headers.get(name)
-        if raw is None:
-            continue
-        try:
-            seconds = float(raw) * scale
-        except ValueError:
-            parsed = email.utils.parsedate_tz(raw)
-            if parsed is None:
-                continue
-            seconds = email.utils.mktime_tz(parsed) - time.time()
-        if math.isfinite(seconds):
-            return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
-    return None
-
-
 # --------------------------------------------------------------------------------------------------- client
 
 _STATS = ("requests", "cache_hits", "retries", "failures", "skipped", "prompt_tokens", "completion_tokens")
@@ -216,8 +195,10 @@ class ChatClient:
 
     ``setting`` names the config section in error messages (``llm``, ``judge``, ``models[0]``); ``what``
     names the endpoint in failure reasons (``LLM``, ``judge``); ``key_hint`` says where a key is set.
-    ``stats``: ``requests`` (HTTP calls made), ``cache_hits``, ``retries``, ``prompt_tokens``,
-    ``completion_tokens``, and ``failures`` / ``skipped`` as the caller counts them with :meth:`count`.
+    ``stats``: ``requests`` (HTTP calls made, the client's retries included), ``cache_hits``, ``retries``
+    (the client's transport retries and our re-asks), ``prompt_tokens``, ``completion_tokens``, and
+    ``failures`` / ``skipped`` as the caller counts them with :meth:`count`. ``timeout_s`` bounds each HTTP
+    call; ``max_retries`` is each item's budget of retries, whatever their cause.
     """
 
     def __init__(
@@ -228,7 +209,6 @@ class ChatClient:
         cache_dir: str | Path,
         timeout_s: float = 60.0,
         max_retries: int = 5,
-        backoff_s: float = 1.0,
         max_concurrency: int = 4,
         setting: str = "llm",
         what: str = "LLM",
@@ -239,7 +219,6 @@ class ChatClient:
         self.cache = DiskCache(cache_dir)
         self.timeout_s = timeout_s
         self.max_retries = max_retries
-        self.backoff_s = backoff_s
         self.max_concurrency = max_concurrency
         self.setting, self.what = setting, what
         self.key_hint = key_hint or f"'{setting}.api_key'"
@@ -250,15 +229,14 @@ class ChatClient:
 
     @classmethod
     def for_section(cls, section: Any, *, base_url: str, api_key: str, cache_dir: str | Path, **names) -> ChatClient:
-        """A client with a config section's ``timeout_s``, ``max_retries``, ``backoff_s`` and
-        ``max_concurrency``; ``names``: ``setting``, ``what``, ``key_hint``."""
+        """A client with a config section's ``timeout_s``, ``max_retries`` and ``max_concurrency``;
+        ``names``: ``setting``, ``what``, ``key_hint``."""
         return cls(
             base_url=base_url,
             api_key=api_key,
             cache_dir=cache_dir,
             timeout_s=section.timeout_s,
             max_retries=section.max_retries,
-            backoff_s=section.backoff_s,
             max_concurrency=section.max_concurrency,
             **names,
         )
@@ -343,29 +321,30 @@ class ChatClient:
                 self.count("cache_hits")
                 return value
         entry = {"key": key, "request": shown, "extra": cache_extra or {}}
-        last, unparsable, content = "", False, ""
-        delay = 0.0
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                self.count("retries")
-                time.sleep(delay)
+        retries, last, unparsable, content = 0, "", False, ""  # retries: this item's, of either kind
+        while True:
             try:
-                content = self._request(request)
+                content, taken = self._request(request, self.max_retries - retries)
+                retries += taken
                 value = parse(content)
-            except _Retryable as exc:
+            except _Failed as exc:
+                retries += exc.retries
                 last, unparsable = str(exc), False
-                delay = exc.retry_after if exc.retry_after is not None else self._backoff(attempt)
-                continue
+                if not exc.again:
+                    break
             except UnparsableOutput as exc:  # nothing to wait for: ask again at once
                 last, unparsable = str(exc), True
-                delay = 0.0
-                continue
-            self.cache.put(key, {**entry, "content": content})
-            return value
+            else:
+                self.cache.put(key, {**entry, "content": content})
+                return value
+            if retries >= self.max_retries:
+                break
+            retries += 1
+            self.count("retries")
         reason = (
-            f"{self.what} output unparsable after {self.max_retries} retries: {last}"
+            f"{self.what} output unparsable after {retries} retries: {last}"
             if unparsable
-            else f"{self.what} request failed after {self.max_retries} retries: {last}"
+            else f"{self.what} request failed after {retries} retries: {last}"
         )
         if unparsable and remember_unparsable:
             self.cache.put(key, {**entry, "content": content, "unparsable": True, "reason": reason})
@@ -376,8 +355,8 @@ class ChatClient:
         (``GET /models``; a server without that route is given the benefit of the doubt)."""
         import openai
 
-        try:
-            self.client().models.list()
+        try:  # one GET, none of the client's retries: an endpoint that is down fails the job now
+            self.client().with_options(max_retries=0).models.list()
         except openai.APIConnectionError as exc:
             raise ChatError(
                 f"{self.what} endpoint {self.base_url} cannot be reached ({exc}): check '{self.setting}.base_url'"
@@ -389,13 +368,13 @@ class ChatClient:
             log.warning("%s endpoint %s: GET /models answered HTTP %s; going on", self.what, self.base_url, status)
 
     def client(self) -> Any:
-        """The ``openai.OpenAI`` client (built on first use; its own retries off, ours count)."""
+        """The ``openai.OpenAI`` client (built on first use), retrying up to ``max_retries`` times."""
         with self._lock:
             if self._client is None:
                 import openai
 
                 self._client = openai.OpenAI(
-                    base_url=self.base_url, api_key=self.api_key, timeout=self.timeout_s, max_retries=0
+                    base_url=self.base_url, api_key=self.api_key, timeout=self.timeout_s, max_retries=self.max_retries
                 )
             return self._client
 
@@ -405,39 +384,61 @@ class ChatClient:
             f"{self.key_hint} ({short(exc.message)})"
         )
 
-    def _backoff(self, attempt: int) -> float:
-        return min(self.backoff_s * 2**attempt, MAX_BACKOFF_S) * random.uniform(0.5, 1.5)
+    def _request(self, request: dict[str, Any], retries_left: int) -> tuple[str, int]:
+        """One call, which the client retries up to ``retries_left`` times on transport failures; returns the
+        answer text ("" if none) and the retries it took. Raises _Failed or ChatError.
 
-    def _request(self, request: dict[str, Any]) -> str:
-        """One HTTP call; returns the answer text ("" if none). Raises _Retryable, ItemFailed or ChatError."""
+        How many retries the client took (it does not say through its exceptions): on success the raw
+        response's public ``retries_taken``; on failure the ``x-stainless-retry-count`` header the client
+        stamps on every request it sends (0 on the first), read from the last request (``exc.request``).
+        Both are the client's own count, so neither a custom transport nor a hook on the HTTP client is
+        needed."""
         import openai
 
-        client = self.client()
-        self.count("requests")
+        client = self.client().with_options(max_retries=retries_left)
         try:
-            resp = client.chat.completions.create(**request)
-        except openai.APITimeoutError as exc:
-            raise _Retryable(f"timeout after {self.timeout_s:g} s") from exc
-        except openai.APIConnectionError as exc:
-            raise _Retryable(f"cannot reach {self.base_url}: {exc}") from exc
-        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
-            raise self._key_refused(exc) from exc
-        except openai.NotFoundError as exc:
-            raise ChatError(
-                f"{self.what} endpoint {self.base_url} answered HTTP 404 for model {request.get('model')!r}: check "
-                f"'{self.setting}.base_url' (it usually ends in /v1) and '{self.setting}.model' ({short(exc.message)})"
-            ) from exc
-        except openai.APIStatusError as exc:
-            status = exc.status_code
-            if status in (408, 409, 425, 429) or status >= 500:
-                raise _Retryable(f"HTTP {status}: {short(exc.message)}", _retry_after(exc.response.headers)) from exc
-            raise ItemFailed(f"{self.what} request refused (HTTP {status}): {short(exc.message)}") from exc
-        except openai.APIError as exc:  # a response that is not a chat completion
-            raise _Retryable(f"bad response: {short(str(exc))}") from exc
+            raw = client.chat.completions.with_raw_response.create(**request)
+        except openai.APIError as exc:
+            taken = _retries_taken(exc)
+            self._count_calls(taken)
+            if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
+                raise self._key_refused(exc) from exc
+            if isinstance(exc, openai.NotFoundError):
+                raise ChatError(
+                    f"{self.what} endpoint {self.base_url} answered HTTP 404 for model {request.get('model')!r}: "
+                    f"check '{self.setting}.base_url' (it usually ends in /v1) and '{self.setting}.model' "
+                    f"({short(exc.message)})"
+                ) from exc
+            if isinstance(exc, openai.APITimeoutError):
+                raise _Failed(f"timeout after {self.timeout_s:g} s", taken) from exc
+            if isinstance(exc, openai.APIConnectionError):
+                raise _Failed(f"cannot reach {self.base_url}: {exc}", taken) from exc
+            if isinstance(exc, openai.APIStatusError):
+                raise _Failed(f"HTTP {exc.status_code}: {short(exc.message)}", taken) from exc
+            raise _Failed(f"bad response: {short(str(exc))}", taken, again=True) from exc
+        self._count_calls(raw.retries_taken)
+        try:
+            resp = raw.parse()
+            choices = resp.choices or []
+        except (openai.APIError, ValueError, AttributeError) as exc:  # a body that is no chat completion
+            reason = f"bad response: {short(str(exc) or type(exc).__name__)}"
+            raise _Failed(reason, raw.retries_taken, again=True) from exc
         usage = getattr(resp, "usage", None)
         if usage is not None:
             self.count("prompt_tokens", usage.prompt_tokens or 0)
             self.count("completion_tokens", usage.completion_tokens or 0)
-        choices = resp.choices or []
         content = choices[0].message.content if choices and choices[0].message is not None else None
-        return content or ""  # whether an empty answer will do is the parser's call
+        return content or "", raw.retries_taken  # whether an empty answer will do is the parser's call
+
+    def _count_calls(self, retries: int) -> None:
+        with self._lock:
+            self.stats["requests"] += retries + 1
+            self.stats["retries"] += retries
+
+
+def _retries_taken(exc: Any) -> int:
+    """The retries the client made before raising ``exc``: its ``x-stainless-retry-count`` on the last request."""
+    try:
+        return int(exc.request.headers.get("x-stainless-retry-count", 0))
+    except (AttributeError, TypeError, ValueError):
+        return 0

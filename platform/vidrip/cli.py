@@ -3,20 +3,22 @@
     vidrip sample --out work/sample [seed=3 ...]     build the embedded sample corpus
     vidrip demo [--config jobs/configs/demo.yaml]     the whole pipeline on the sample, as a Ray job
     vidrip validate FILE [--kind test] [--media-root DIR]   check a record file, one line per bad record
-    vidrip train [--stages 0-3]                       training stages on Ray Train + DeepSpeed
+    vidrip train [--config train_tiny] [--stages 0-3]  training stages on Ray Train + DeepSpeed
     vidrip merge --checkpoint DIR --out DIR          fold a stage-3 LoRA adapter into the model
     vidrip convert --checkpoint DIR --out DIR        a LLaVA-NeXT llava_qwen checkpoint (ViDRiP's) to Hugging Face
-    vidrip tune --config tune_configs/lora_sweep_tiny.yaml   LoRA sweep of stage 3 on Ray Tune
+    vidrip tune [--config lora_sweep_tiny]            LoRA sweep of stage 3 on Ray Tune
     vidrip head [workdir=work]                        a Ray head on 127.0.0.1 for `ray job submit`
     vidrip ui [--workdir work] [--port 5000]          MLflow UI on 127.0.0.1
-    vidrip curate [--config jobs/configs/curate.yaml]  raw teaching videos to clips + instruction JSON (Ray Data)
+    vidrip curate [--config curate]                   raw teaching videos to clips + instruction JSON (Ray Data)
     vidrip curate train-detector [--config ...]       fine-tune the tissue/person detector curation uses
-    vidrip serve [--config serve_apps/tiny.yaml]      the OpenAI-compatible endpoint that takes videos (Ray Serve)
-    vidrip eval [--config jobs/configs/eval.yaml]     models side by side on the paper's Video-ChatGPT judge metrics
+    vidrip serve [--config serve_tiny]                the OpenAI-compatible endpoint that takes videos (Ray Serve)
+    vidrip eval [--config eval]                       models side by side on the paper's Video-ChatGPT judge metrics
     vidrip eval export-lmms-eval DIR [--task NAME]    the test set as an lmms-eval task folder
-    vidrip pipeline [--config jobs/configs/pipeline_tiny.yaml]   curate -> train -> sweep -> merge -> serve -> eval
+    vidrip pipeline [--config pipeline_tiny]          curate -> train -> sweep -> merge -> serve -> eval
 
-Every job takes ``--config FILE`` (YAML) and ``key=value`` overrides (dotted keys for sections).
+Every job takes ``--config FILE`` (YAML) and ``key=value`` overrides (dotted keys for sections). A bare
+name such as ``train_tiny`` is one of the configs vidrip ships (``vidrip/defaults/``); the defaults are
+those, so every command works from any folder (see :mod:`vidrip.config`).
 Research use only, not for clinical decisions.
 """
 
@@ -29,21 +31,32 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vidrip.config import ConfigError, load_config
+from vidrip.config import ConfigError, config_file, load_config
 from vidrip.runtime import apply_offline_env
 
 __all__ = ["main"]
 
-CURATE_CONFIG = "jobs/configs/curate.yaml"
-DETECTOR_CONFIG = "jobs/configs/train_detector.yaml"
+# The default configs: packaged with vidrip (vidrip/defaults/<name>.yaml), found from any folder
+CURATE_CONFIG = "curate"
+DETECTOR_CONFIG = "train_detector"
+TRAIN_CONFIG = "train_tiny"
+TUNE_CONFIG = "lora_sweep_tiny"
+SERVE_CONFIG = "serve_tiny"
+EVAL_CONFIG = "eval"
+PIPELINE_CONFIG = "pipeline_tiny"
 
-SERVE_CONFIG = "serve_apps/tiny.yaml"
-EVAL_CONFIG = "jobs/configs/eval.yaml"
-PIPELINE_CONFIG = "jobs/configs/pipeline_tiny.yaml"
+
+def _packaged(name: str) -> str:
+    return f"{name}, packaged: {config_file(name)}"
 
 
-def _add_config_args(p: argparse.ArgumentParser, default: str | None) -> None:
-    p.add_argument("--config", default=default, help=f"YAML config file (default: {default or 'built-in defaults'})")
+def _add_config_args(p: argparse.ArgumentParser, default: str | None, shown: str | None = None) -> None:
+    shown = shown or (_packaged(default) if default else "built-in defaults")
+    p.add_argument(
+        "--config",
+        default=default,
+        help=f"YAML config file, or the name of a config vidrip ships (default: {shown})",
+    )
     p.add_argument(
         "overrides", nargs="*", metavar="key=value", help="override config values, e.g. seed=3 ray.num_cpus=2"
     )
@@ -74,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--media-root", help="folder the media paths are relative to (checks that they exist)")
 
     p = sub.add_parser("train", help="train stages 0-3 on Ray Train + DeepSpeed, each from the previous one")
-    _add_config_args(p, "jobs/configs/train_tiny.yaml")
+    _add_config_args(p, TRAIN_CONFIG)
     p.add_argument("--stages", help="which stages, e.g. 0-3 or 0,1 (overrides the config's 'stages')")
     p.add_argument(
         "--dry-run",
@@ -102,10 +115,10 @@ def _parser() -> argparse.ArgumentParser:
         "vidrip curate train-detector [--config FILE] [key=value ...]: fine-tune the tissue/person YOLO detector "
         f"on the sample's ground truth (default config {DETECTOR_CONFIG}).",
     )
-    _add_config_args(p, None)
+    _add_config_args(p, None, f"{_packaged(CURATE_CONFIG)}; train-detector: {_packaged(DETECTOR_CONFIG)}")
 
     p = sub.add_parser("tune", help="sweep LoRA rank x learning rate on stage 3 (Ray Tune, ASHA), promote the best")
-    _add_config_args(p, "tune_configs/lora_sweep_tiny.yaml")
+    _add_config_args(p, TUNE_CONFIG)
 
     p = sub.add_parser(
         "serve",
@@ -223,7 +236,8 @@ def _stage_list(text: str) -> list[int]:
 
 def _cmd_train(args) -> int:
     from vidrip.runtime import ray_session
-    from vidrip.train.chain import TrainConfig, check_plans, new_run_name, plan_stages, run_stages
+    from vidrip.tracking import Lineage
+    from vidrip.train.chain import TrainConfig, check_plans, new_run_name, plan_stages, resolve_start, run_stages
 
     overrides = list(args.overrides)
     if args.stages:
@@ -236,6 +250,7 @@ def _cmd_train(args) -> int:
         return 0
     if cfg.run_name is None:
         cfg = cfg.model_copy(update={"run_name": new_run_name()})
+    resolve_start(cfg, Lineage(cfg.tracking, cfg.workdir), cfg.run_name)  # before starting Ray: a named start
     print(f"training run {cfg.run_name} (if interrupted, rerun with run_name={cfg.run_name} to resume)", flush=True)
     with ray_session(cfg.ray, Path(cfg.workdir).resolve()):
         outcomes = run_stages(cfg)
@@ -271,9 +286,10 @@ def _cmd_convert(args) -> int:
 def _cmd_tune(args) -> int:
     from vidrip.runtime import ray_session
     from vidrip.sweep.run import SweepConfig, init_checkpoint, new_sweep_name, run_sweep
+    from vidrip.tracking import Lineage
 
     cfg = load_config(SweepConfig, args.config, args.overrides)
-    init_checkpoint(cfg)  # before starting Ray: no stage-2 checkpoint, no sweep
+    init_checkpoint(cfg, Lineage(cfg.tracking, cfg.workdir))  # before starting Ray: no named start, no sweep
     if cfg.name is None:
         cfg = cfg.model_copy(update={"name": new_sweep_name()})
     print(f"sweep {cfg.name} (if interrupted, rerun with name={cfg.name} to resume)", flush=True)
@@ -413,11 +429,9 @@ def _cmd_eval(args) -> int:
         print(f"  python -m lmms_eval --model <model> --tasks {args.task} --include_path {folder}")
         print("  judge: set VIDRIP_JUDGE_BASE_URL, VIDRIP_JUDGE_MODEL, VIDRIP_JUDGE_API_KEY (or OPENAI_API_KEY)")
         return 0
-    from vidrip.eval.run import run_eval
-
     cfg = load_config(EvalConfig, args.config, overrides)
     try:
-        result = run_eval(cfg)
+        result = _evaluate(cfg)
     except ChatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -427,6 +441,32 @@ def _cmd_eval(args) -> int:
     print(f"seconds: {', '.join(f'{k} {v:.1f}' for k, v in result.seconds.items())}")
     print(f"written to {cfg.out} (table.md, table.csv, chart.png, per-sample JSONL); MLflow run {result.run_id}")
     return 0
+
+
+def _evaluate(cfg):
+    """The evaluation; when a model or the judge has ``base_url: null``, the config's ``serve`` app is deployed
+    first (on ``cfg.ray``) and deleted after, leaving every other application on the cluster alone."""
+    from vidrip.eval.run import evaluate
+    from vidrip.serve.launch import load_serve_yaml, served, served_revisions
+    from vidrip.tracking import Lineage, TrackingConfig
+
+    cfg.check_endpoints()
+    lineage = Lineage(cfg.tracking, cfg.workdir)
+    if not cfg.needs_serve():
+        return evaluate(cfg, lineage=lineage)
+    spec = load_serve_yaml(cfg.serve.config, cfg.serve.overrides)
+    if cfg.serve.port is not None:
+        spec.port = cfg.serve.port
+    registry = lineage
+    if spec.config.tracking_uri:  # the app resolves its models:/ references in a store of its own
+        registry = Lineage(TrackingConfig(uri=spec.config.tracking_uri), cfg.workdir)
+    revisions = served_revisions(spec.config, registry)
+    models = [
+        m.model_copy(update={"revision": revisions.get(m.model)}) if m.base_url is None and not m.revision else m
+        for m in cfg.models
+    ]
+    with served(spec, cfg.workdir, cfg.ray) as endpoint:
+        return evaluate(cfg.model_copy(update={"models": models}), endpoint, lineage)
 
 
 def _cmd_pipeline(args) -> int:

@@ -7,18 +7,44 @@ errors that name the key and the file::
 
 Override values are parsed as YAML scalars (``3`` is an int, ``true`` a bool, ``[1, 2]`` a list),
 and dotted keys reach into nested sections.
+
+Paths. A field typed :data:`ConfigPath` names another config file (a pipeline step's ``config``, a
+DeepSpeed JSON, the Serve config an evaluation deploys). Its value is one of:
+
+- a bare name, without folder or suffix (``zero2``, ``train_tiny``): the config vidrip ships as package
+  data (``vidrip/defaults/<name>.yaml`` or ``.json``, read with :mod:`importlib.resources`); the
+  library's own defaults are such names, so they work from any folder and from an installed wheel;
+- a path: relative in a YAML file, it is relative to that file's folder; on the command line (an
+  override) or in code, to the current directory.
+
+``load_config`` also takes a bare name for its ``path`` (``vidrip train --config train_tiny``). Every
+other path (work and output folders: ``workdir``, ``out``, ``data_root``, ...) is relative to the
+current directory, as written.
 """
 
 from __future__ import annotations
 
+import os
+import types
 from collections.abc import Iterable, Mapping
+from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic.fields import FieldInfo
 
-__all__ = ["ConfigError", "StrictConfig", "apply_overrides", "load_config"]
+__all__ = [
+    "ConfigError",
+    "ConfigPath",
+    "StrictConfig",
+    "apply_overrides",
+    "config_file",
+    "load_config",
+    "located",
+    "packaged_configs",
+]
 
 
 class StrictConfig(BaseModel):
@@ -32,6 +58,89 @@ C = TypeVar("C", bound=StrictConfig)
 
 class ConfigError(ValueError):
     """A config file or override that does not match its schema; the message names file and key."""
+
+
+PACKAGED_SUFFIXES = (".yaml", ".json")
+
+
+def _packaged_dir() -> Path:
+    return Path(str(resources.files("vidrip") / "defaults"))
+
+
+def packaged_configs() -> list[str]:
+    """The names of the configs vidrip ships (``zero2``, ``train_tiny``, ...)."""
+    return sorted(p.stem for p in _packaged_dir().iterdir() if p.suffix in PACKAGED_SUFFIXES)
+
+
+def _is_name(ref: str | Path) -> bool:
+    """A bare name (no folder, no suffix) names a packaged config; anything else is a path."""
+    text = str(ref)
+    return bool(text) and text not in (".", "..") and "/" not in text and "\\" not in text and not Path(text).suffix
+
+
+def config_file(ref: str | Path) -> Path:
+    """The file a :data:`ConfigPath` value names: a packaged config for a bare name, else the path itself."""
+    if not _is_name(ref):
+        return Path(ref)
+    for suffix in PACKAGED_SUFFIXES:
+        path = _packaged_dir() / f"{ref}{suffix}"
+        if path.is_file():
+            return path
+    raise ConfigError(
+        f"no packaged config named {str(ref)!r} (vidrip ships: {', '.join(packaged_configs())}); "
+        f"a file's path needs a folder or a suffix, e.g. ./{ref}"
+    )
+
+
+def located(ref: str | Path) -> tuple[Path, str]:
+    """The file ``ref`` names (:func:`config_file`) and how messages name it: a packaged one with its path."""
+    path = config_file(ref)
+    return path, str(ref) if path == Path(ref) else f"{ref} ({path})"
+
+
+def _known_name(ref: str) -> str:
+    if _is_name(ref):
+        config_file(ref)
+    return ref
+
+
+class _FileReference:
+    """Marks a field whose value names a config file (see :data:`ConfigPath`)."""
+
+
+_FILE_REFERENCE = _FileReference()
+ConfigPath = Annotated[str, _FILE_REFERENCE, AfterValidator(_known_name)]
+"""Another config file: a packaged config's bare name, or a path (relative: to the YAML's folder)."""
+
+
+def _field_type(field: FieldInfo) -> Any:
+    """A model field's type with its Annotated metadata (which pydantic keeps apart for ``x: ConfigPath``)."""
+    return Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+
+
+def _resolve_references(tp: Any, data: Any, folder: Path) -> Any:
+    """``data`` (as loaded from a YAML file in ``folder``) with the relative paths of the :data:`ConfigPath`
+    fields of type ``tp`` joined to ``folder``; everything else as it was."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Annotated:
+        if _FILE_REFERENCE in args[1:] and isinstance(data, str) and not _is_name(data):
+            return os.path.normpath(folder / data)  # an absolute path stays as it is
+        return _resolve_references(args[0], data, folder)
+    if isinstance(tp, type) and issubclass(tp, BaseModel) and isinstance(data, dict):
+        fields = tp.model_fields
+        return {
+            k: _resolve_references(_field_type(fields[k]), v, folder) if k in fields else v for k, v in data.items()
+        }
+    if origin in (Union, types.UnionType):
+        for arg in args:
+            out = _resolve_references(arg, data, folder)
+            if out is not data:
+                return out
+    if origin is dict and isinstance(data, dict):
+        return {k: _resolve_references(args[1], v, folder) for k, v in data.items()}
+    if origin is list and isinstance(data, list):
+        return [_resolve_references(args[0], v, folder) for v in data]
+    return data
 
 
 def _format_errors(err: ValidationError, source: str, overrides: dict[str, str]) -> str:
@@ -106,14 +215,16 @@ def _deep_copy(data: Any) -> Any:
 
 
 def load_config(schema: type[C], path: str | Path | None = None, overrides: Iterable[str] = ()) -> C:
-    """Load ``path`` (YAML mapping) into ``schema``, after applying ``overrides``.
+    """Load ``path`` (YAML mapping, or a packaged config's name) into ``schema``, after applying ``overrides``.
 
-    With ``path=None`` the schema's defaults are the base. Errors raise :class:`ConfigError`.
+    The YAML's relative file references (:data:`ConfigPath` fields) are taken relative to its folder, the
+    overrides' relative to the current directory, like every other relative path (work and output
+    folders). With ``path=None`` the schema's defaults are the base. Errors raise :class:`ConfigError`.
     """
-    source = str(path) if path is not None else f"<{schema.__name__} defaults>"
+    source = f"<{schema.__name__} defaults>"
     data: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
+        p, source = located(path)
         if not p.is_file():
             raise ConfigError(f"{source}: config file not found")
         try:
@@ -124,7 +235,7 @@ def load_config(schema: type[C], path: str | Path | None = None, overrides: Iter
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{source}: top level must be a mapping, got {type(loaded).__name__}")
-        data = loaded
+        data = _resolve_references(schema, loaded, p.resolve().parent)
     overrides = list(overrides)
     if overrides:
         data = apply_overrides(data, overrides, f"{source} (command-line override)")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from vidrip.config import StrictConfig, load_config
+from vidrip.config import ConfigPath, StrictConfig, config_file, load_config
 from vidrip.paths import console_script, repo_root
 from vidrip.pipeline.config import PipelineConfig
 from vidrip.runtime import LocalRayHead, RayConfig, ray_env
@@ -42,7 +42,9 @@ class DemoConfig(StrictConfig):
     """The demo job: which pipeline config to submit, where, and what to ask the served model."""
 
     workdir: str = "work"
-    pipeline: str = Field(default="jobs/configs/pipeline_tiny.yaml", description="the pipeline config submitted")
+    pipeline: ConfigPath = Field(
+        default="pipeline_tiny", description="the pipeline config submitted: a packaged config's name or a path"
+    )
     pipeline_overrides: list[str] = Field(default_factory=list, description="key=value for the pipeline config")
     ray: RayConfig = Field(default_factory=lambda: RayConfig(num_cpus=2))
     job_timeout_s: float = Field(default=3600.0, gt=0, description="give up on the job after this long")
@@ -77,9 +79,18 @@ def submit_command(cfg: DemoConfig, overrides: list[str], submission_id: str) ->
         "python",
         "jobs/pipeline.py",
         "--config",
-        cfg.pipeline,
+        _job_config(cfg.pipeline),
         *overrides,
     ]
+
+
+def _job_config(ref: str) -> str:
+    """The pipeline config as the job finds it, running in a copy of the repository: a packaged config by its
+    name, a file of the repository by its path there, any other file by its absolute path."""
+    if config_file(ref) != Path(ref):
+        return ref
+    path, root = Path(os.path.abspath(ref)), repo_root()
+    return str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else str(path)
 
 
 def client_example(base_url: str, key_file: str | None, model: str, video: str, question: str) -> str:

@@ -1,7 +1,7 @@
 """Where vidrip keeps things on disk.
 
-- the work directory (``$VIDRIP_WORKDIR`` or ``./work``): a job's outputs, the MLflow store, Ray's
-  temp folder; every job config also takes ``workdir``.
+- the work directory (every job config's ``workdir``, ``./work`` by default): a job's outputs, the MLflow
+  store, Ray's temp folder.
 - the cache (``$VIDRIP_CACHE_DIR`` or ``~/.cache/vidrip``): things built once and reused by every run,
   such as the converted Qwen2 tokenizer and files taken out of wheels.
 """
@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["cache_dir", "console_script", "default_workdir", "repo_root"]
+__all__ = ["cache_dir", "console_script", "repo_root"]
 
 
 def cache_dir() -> Path:
@@ -20,10 +20,6 @@ def cache_dir() -> Path:
     path = Path(env) if env else Path.home() / ".cache" / "vidrip"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def default_workdir() -> Path:
-    return Path(os.environ.get("VIDRIP_WORKDIR", "work")).resolve()
 
 
 def console_script(name: str) -> str:

@@ -19,6 +19,7 @@ writes a minimal one (``provider: {type: local}``) where none exists.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import logging
 import os
@@ -270,11 +271,25 @@ class LocalRayHead:
         return cmd
 
     def _temp_dir(self) -> Path:
-        # Ray's socket paths must stay under 107 bytes: fall back to a short folder for deep work dirs.
+        """The temp folder Ray is given: ``<workdir>/ray/tmp``, or for a deep work dir a short symlink to it
+        (Ray's socket paths must stay under 107 bytes), ``/tmp/vidrip-ray-<hash of the folder>``, made at
+        start and removed at stop. Either way every file Ray writes is in the work dir."""
         temp = self.workdir / "ray" / "tmp"
-        if len(str(temp)) > 40:
-            temp = Path("/tmp") / f"vidrip-ray-{self.config.ports.gcs}"
-        return temp
+        if len(str(temp)) <= 40:
+            return temp
+        return Path("/tmp") / f"vidrip-ray-{hashlib.sha256(str(temp).encode()).hexdigest()[:12]}"
+
+    def _make_temp_dir(self) -> None:
+        temp, given = self.workdir / "ray" / "tmp", self._temp_dir()
+        temp.mkdir(parents=True, exist_ok=True)
+        if given == temp:
+            return
+        if given.exists() and not given.is_symlink():
+            raise RuntimeError(f"{given} exists and is not a link to {temp}: remove it, or use a shorter work dir")
+        staged = given.with_name(f"{given.name}.{os.getpid()}")
+        staged.unlink(missing_ok=True)
+        staged.symlink_to(temp, target_is_directory=True)
+        staged.replace(given)  # atomically, over a link an earlier head of this work dir left
 
     def _check_ports_free(self) -> None:
         """Refuse to start when a port is taken: readiness must not be answered by another Ray's dashboard."""
@@ -298,7 +313,7 @@ class LocalRayHead:
         self._check_ports_free()
         ensure_ray_bootstrap_config()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._temp_dir().mkdir(parents=True, exist_ok=True)
+        self._make_temp_dir()
         log.info("starting Ray head on %s (dashboard %s)", self.config.gcs_address, self.config.dashboard_url)
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
@@ -330,14 +345,18 @@ class LocalRayHead:
 
     def stop(self, timeout: float = 60.0) -> None:
         """Stop the head we started: SIGTERM to our ``ray start`` PID, then SIGKILL its process group."""
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        link = self._temp_dir()
+        if link.is_symlink():
+            link.unlink()
 
     def submit_env(self) -> dict[str, str]:
         """What a shell needs to ``ray job submit`` or ``serve run --address`` to this head (the last needs Ray's

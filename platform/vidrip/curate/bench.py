@@ -210,17 +210,17 @@ def format_results(out: dict) -> str:
 
 def run_bench(cfg: BenchCurateConfig) -> dict:
     """Measure every mode; returns (and writes) the results."""
-    import mlflow
 
     from vidrip.childproc import run_in_child
     from vidrip.curate.detector_train import train_detector
     from vidrip.curate.pipeline import run_curation
     from vidrip.data.sample.build import build_sample
     from vidrip.runtime import ray_session
-    from vidrip.tracking import job_run
+    from vidrip.tracking import Lineage
 
     workdir = Path(cfg.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    lineage = Lineage(cfg.tracking, workdir)
     meta = Path(cfg.sample.out) / "metadata.json"
     if not meta.is_file() or json.loads(meta.read_text())["config"] != cfg.sample.model_dump():
         shutil.rmtree(cfg.sample.out, ignore_errors=True)
@@ -228,10 +228,10 @@ def run_bench(cfg: BenchCurateConfig) -> dict:
     if not Path(cfg.curate.detect.weights).is_file():
         if not (Path(cfg.detector.sample) / "metadata.json").is_file():
             build_sample(SampleConfig(out=cfg.detector.sample))
-        trained = train_detector(cfg.detector.model_copy(update={"tracking": cfg.tracking}), workdir)
+        trained = train_detector(cfg.detector.model_copy(update={"tracking": cfg.tracking}), workdir, lineage)
         cfg.curate.detect.weights = str(trained.weights)
     results: dict[str, dict] = {}
-    with job_run("bench", cfg, tracking=cfg.tracking, workdir=workdir, dataset=cfg.sample.out, run_name="bench_curate"):
+    with lineage.run("bench", cfg, dataset=cfg.sample.out, run_name="bench_curate") as tracked:
         decode = decode_overhead(cfg.curate, cfg.decode_repeats)
         for mode in cfg.modes:
             out = workdir / f"curate_{mode}"
@@ -244,7 +244,7 @@ def run_bench(cfg: BenchCurateConfig) -> dict:
                 results[mode] = _summary(loop["parts"], loop["seconds"])
             elif mode == "ray":
                 with ray_session(cfg.ray, workdir):
-                    res = run_curation(run_cfg, progress=False)
+                    res = run_curation(run_cfg, progress=False, lineage=lineage.child(tracked.run_id))
                 parts = [json.loads(p.read_text()) for p in sorted((out / "parts").glob("*.json"))]
                 results[mode] = _summary(parts, res.metrics["pipeline_seconds"])
             else:
@@ -253,12 +253,12 @@ def run_bench(cfg: BenchCurateConfig) -> dict:
         if {"loop", "ray"} <= set(results):
             out["speedup"] = round(results["loop"]["seconds"] / results["ray"]["seconds"], 3)
         flat = {f"{m}.{k}": v for m, x in results.items() for k, v in x.items() if isinstance(v, int | float)}
-        mlflow.log_metrics(
+        tracked.log_metrics(
             flat
             | {f"decode.{k}": v for k, v in decode.items()}
             | ({"speedup": out["speedup"]} if "speedup" in out else {})
         )
         (workdir / "bench_curate.json").write_text(json.dumps(out, indent=1))
         (workdir / "bench_curate.md").write_text(f"# Curation benchmark\n\n```\n{format_results(out)}\n```\n")
-        mlflow.log_artifact(str(workdir / "bench_curate.md"))
+        tracked.log_artifact(workdir / "bench_curate.md")
     return out

@@ -56,7 +56,7 @@ import yaml
 from pydantic import Field
 
 from vidrip.config import StrictConfig
-from vidrip.tracking import TrackingConfig
+from vidrip.tracking import Lineage, TrackingConfig
 
 if TYPE_CHECKING:
     from ultralytics import YOLO
@@ -325,16 +325,14 @@ def _metric_name(key: str) -> str:
     return "epoch/" + re.sub(r"[^\w./ -]", "_", key)
 
 
-def _epoch_logger(total_epochs: int):
-    import mlflow
-
+def _epoch_logger(total_epochs: int, run):
     def on_fit_epoch_end(trainer) -> None:
         epoch = trainer.epoch
         if epoch >= trainer.epochs:  # ultralytics' final validation of best.pt calls this again
             return
         values = {**trainer.label_loss_items(trainer.tloss, prefix="train"), **trainer.metrics, **trainer.lr}
         metrics = {_metric_name(k): float(v) for k, v in values.items() if _finite(v)}
-        mlflow.log_metrics(metrics, step=epoch + 1)
+        run.log_metrics(metrics, step=epoch + 1)
         log.info(
             "detector epoch %d/%d: train box loss %.3f cls loss %.3f | val mAP50 %.3f | %.1fs",
             epoch + 1,
@@ -387,7 +385,7 @@ def _per_class_map50(metrics) -> dict[int, float]:
 
 
 def _fit_and_validate(
-    cfg: DetectorTrainConfig, base: Path, data_yaml: Path, device: str, project: Path, name: str, threads: int
+    cfg: DetectorTrainConfig, base: Path, data_yaml: Path, device: str, project: Path, run, threads: int
 ):
     """ultralytics' fine-tune, then ``model.val`` of its best weights on the held-out frames.
 
@@ -400,7 +398,7 @@ def _fit_and_validate(
 
     model = YOLO(str(base))
     model.add_callback("on_pretrain_routine_start", use_threads)
-    model.add_callback("on_fit_epoch_end", _epoch_logger(cfg.epochs))
+    model.add_callback("on_fit_epoch_end", _epoch_logger(cfg.epochs, run))
     model.train(
         data=str(data_yaml),
         epochs=cfg.epochs,
@@ -422,7 +420,7 @@ def _fit_and_validate(
         amp=False,
         val=True,
         project=str(project),
-        name=name,
+        name=run.run_id,
         exist_ok=True,
         verbose=False,
     )
@@ -441,19 +439,19 @@ def _fit_and_validate(
         workers=cfg.workers,
         plots=False,
         project=str(project),
-        name=f"{name}-val",
+        name=f"{run.run_id}-val",
         exist_ok=True,
         verbose=False,
     )
     return run_dir, best, metrics
 
 
-def train_detector(cfg: DetectorTrainConfig, workdir: str | Path | None = None) -> DetectorTrainResult:
-    """Build the data set, fine-tune, evaluate on the held-out frames, track it all in MLflow."""
-    import mlflow
-
+def train_detector(
+    cfg: DetectorTrainConfig, workdir: str | Path | None = None, lineage: Lineage | None = None
+) -> DetectorTrainResult:
+    """Build the data set, fine-tune, evaluate on the held-out frames, track it all in MLflow (``lineage``:
+    the caller's, e.g. a pipeline step's, else one for ``cfg.tracking`` in ``workdir``)."""
     from vidrip.assets import PERSON_DETECTOR, asset_path
-    from vidrip.tracking import job_run, register_checkpoint
 
     start = time.perf_counter()
     prepare_ultralytics()
@@ -463,8 +461,9 @@ def train_detector(cfg: DetectorTrainConfig, workdir: str | Path | None = None) 
         raise FileNotFoundError(f"{base}: base weights not found (config key base_weights)")
     device = _device(cfg.device)
     workdir = workdir if workdir is not None else cfg.workdir
-    with job_run("curate-detector", cfg, tracking=cfg.tracking, workdir=workdir, dataset=cfg.sample) as run:
-        run_id = run.info.run_id
+    lineage = lineage or Lineage(cfg.tracking, workdir)
+    with lineage.run("curate-detector", cfg, dataset=cfg.sample) as run:
+        run_id = run.run_id
         data = build_detector_dataset(cfg.sample, out / "dataset", cfg.frame_stride, cfg.val_fraction)
         if data.train_images == 0 or data.val_images == 0:
             raise ValueError(
@@ -481,7 +480,7 @@ def train_detector(cfg: DetectorTrainConfig, workdir: str | Path | None = None) 
             cfg.epochs,
             device,
         )
-        mlflow.log_params(
+        run.log_params(
             {
                 "base_weights_resolved": str(base),
                 "train_images": data.train_images,
@@ -490,9 +489,9 @@ def train_detector(cfg: DetectorTrainConfig, workdir: str | Path | None = None) 
                 "device_resolved": device,
             }
         )
-        mlflow.log_artifact(str(data.data_yaml))
+        run.log_artifact(data.data_yaml)
         with _torch_state_kept() as threads:
-            run_dir, best, metrics = _fit_and_validate(cfg, base, data.data_yaml, device, out / "runs", run_id, threads)
+            run_dir, best, metrics = _fit_and_validate(cfg, base, data.data_yaml, device, out / "runs", run, threads)
         final = out / "weights" / "best.pt"
         final.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(best, final)
@@ -510,13 +509,13 @@ def train_detector(cfg: DetectorTrainConfig, workdir: str | Path | None = None) 
             "val_images": data.val_images,
             "seconds": seconds,
         }
-        mlflow.log_metrics({k: v for k, v in final_metrics.items() if _finite(v)})
-        mlflow.log_artifact(str(best), artifact_path="weights")
+        run.log_metrics({k: v for k, v in final_metrics.items() if _finite(v)})
+        run.log_artifact(best, artifact_path="weights")
         if (run_dir / "results.csv").is_file():
-            mlflow.log_artifact(str(run_dir / "results.csv"))
+            run.log_artifact(run_dir / "results.csv")
         version = None
         if cfg.register_as:
-            registered = register_checkpoint(
+            registered = lineage.register(
                 cfg.register_as,
                 best,
                 run_id,

@@ -16,10 +16,11 @@ Usage::
     gen.stats  # {"requests": 2, "cache_hits": 0, "retries": 0, "failures": 0, ...}
 
 Requests go through :class:`vidrip.chat.ChatClient`: every answer is cached on disk (keyed by model,
-:data:`PROMPT_VERSION`, the exact messages and the sampling settings), so a re-run pays nothing; retries
-of HTTP 429/5xx, connection errors and timeouts with exponential backoff and ``Retry-After``, of
-unparsable output at once. One bad clip becomes a result with a ``reason``, never an exception; a refused API key
-or an unknown model (HTTP 401/403/404) raises :class:`~vidrip.chat.ChatError`, since no item can succeed.
+:data:`PROMPT_VERSION`, the exact messages and the sampling settings), so a re-run pays nothing; HTTP
+408/409/429/5xx, connection errors and timeouts are retried by the ``openai`` client itself (its backoff,
+the server's ``Retry-After``), unparsable output is asked again at once by us, both out of ``max_retries``.
+One bad clip becomes a result with a ``reason``, never an exception; a refused API key or an unknown model
+(HTTP 401/403/404) raises :class:`~vidrip.chat.ChatError`, since no item can succeed.
 
 Nothing happens at import time: the environment is read and the client built by :class:`InstructionGenerator`.
 """
@@ -96,8 +97,9 @@ class LLMConfig(StrictConfig):
     temperature: float = Field(default=0.2, ge=0.0, le=2.0)
     max_tokens: int = Field(default=512, ge=1)
     timeout_s: float = Field(default=60.0, gt=0.0)
-    max_retries: int = Field(default=5, ge=0, description="per request: HTTP 429/5xx, connection, unparsable output")
-    backoff_s: float = Field(default=1.0, ge=0.0, description="first backoff; doubles per retry, with jitter")
+    max_retries: int = Field(
+        default=5, ge=0, description="per request: HTTP 408/409/429/5xx, connection, timeout, unparsable output"
+    )
     max_concurrency: int = Field(default=4, ge=1, description="requests in flight at once")
     min_quality: int = Field(default=3, ge=0, le=5, description="clips scoring below this are dropped")
     structured_output: bool = Field(

@@ -103,16 +103,15 @@ def curation_metrics(parts: list[dict], counts: dict[str, int], croissant: dict[
 
 
 def log_curation(
-    parts: list[dict], counts: dict, croissant: dict, sheet: Path | None, out: Path, seconds: float
+    run, parts: list[dict], counts: dict, croissant: dict, sheet: Path | None, out: Path, seconds: float
 ) -> dict:
-    """Log :func:`curation_metrics` and the artifacts to the active MLflow run; returns the metrics."""
-    import mlflow
-
+    """Log :func:`curation_metrics` and the artifacts to ``run`` (a :class:`vidrip.tracking.TrackedRun`);
+    returns the metrics."""
     metrics = curation_metrics(parts, counts, croissant, seconds)
-    mlflow.log_metrics(metrics)
+    run.log_metrics(metrics)
     for name in ARTIFACTS:
         if (out / name).is_file():
-            mlflow.log_artifact(str(out / name), artifact_path="curated")
+            run.log_artifact(out / name, artifact_path="curated")
     if sheet is not None:
-        mlflow.log_artifact(str(sheet))
+        run.log_artifact(sheet)
     return metrics

@@ -57,7 +57,7 @@ from vidrip.curate.text import TextConfig, TextInpaint
 from vidrip.curate.transcribe import TranscribeConfig, Transcriber
 from vidrip.curate.trim import Trim, TrimConfig
 from vidrip.runtime import RayConfig
-from vidrip.tracking import TrackingConfig
+from vidrip.tracking import Lineage, TrackingConfig
 
 __all__ = [
     "BatchChain",
@@ -415,14 +415,13 @@ def _load_part(path: Path, config_sha: str, sha: str | None) -> dict | None:
     return part if part.get("config_sha") == config_sha and part.get("sha256") == sha else None
 
 
-def run_curation(cfg: CurateConfig, progress: bool = True) -> CurationResult:
-    """Curate ``cfg.inputs`` into ``cfg.out`` on the connected Ray cluster, tracked in MLflow."""
-    import mlflow
+def run_curation(cfg: CurateConfig, progress: bool = True, lineage: Lineage | None = None) -> CurationResult:
+    """Curate ``cfg.inputs`` into ``cfg.out`` on the connected Ray cluster, tracked in MLflow (``lineage``:
+    the caller's, e.g. a pipeline step's, else one for ``cfg.tracking``)."""
     import ray
 
     from vidrip.curate.card import DatasetInfo, check_croissant, output_counts, write_card, write_croissant
     from vidrip.curate.metrics import log_curation
-    from vidrip.tracking import job_run
 
     cfg = _with_absolute_paths(cfg)
     out = Path(cfg.out)
@@ -430,7 +429,8 @@ def run_curation(cfg: CurateConfig, progress: bool = True) -> CurationResult:
     paths = resolve_inputs(cfg.inputs)
     check_ready(cfg)
     config_sha = processing_sha(cfg)
-    with job_run("curate", cfg, tracking=cfg.tracking, workdir=cfg.workdir) as run:
+    lineage = lineage or Lineage(cfg.tracking, cfg.workdir)
+    with lineage.run("curate", cfg) as run:
         started = time.perf_counter()
         with ThreadPoolExecutor(4) as pool:
             shas = list(
@@ -484,18 +484,18 @@ def run_curation(cfg: CurateConfig, progress: bool = True) -> CurationResult:
             generator={"model": cfg.llm.model, "base_url": cfg.llm.base_url or "", "prompt_version": _prompt_version()}
             if cfg.instructions
             else {"model": "none"},
-            pipeline={"config_sha": config_sha, "mlflow_run_id": run.info.run_id},
+            pipeline={"config_sha": config_sha, "mlflow_run_id": run.run_id},
             counts=output_counts(out) | {"inputs": len(paths)},
         )
         write_card(out, info)
         check = check_croissant(write_croissant(out, info))
         clip_ids = [c["clip_id"] for p in done for c in p["clips"]][: cfg.contact_sheet_clips]
         sheet = contact_sheet(out, clip_ids, out / "contact_sheet.png")
-        metrics = log_curation(done, counts, check, sheet, out, seconds=time.perf_counter() - started)
+        metrics = log_curation(run, done, counts, check, sheet, out, seconds=time.perf_counter() - started)
         metrics["pipeline_seconds"] = round(pipeline_seconds, 3)
-        mlflow.log_metric("pipeline_seconds", metrics["pipeline_seconds"])
-        mlflow.set_tag("vidrip.output", str(out))
-        return CurationResult(out, len(paths), len(paths) - len(todo), counts, metrics, run.info.run_id)
+        run.log_metric("pipeline_seconds", metrics["pipeline_seconds"])
+        run.set_tag("vidrip.output", str(out))
+        return CurationResult(out, len(paths), len(paths) - len(todo), counts, metrics, run.run_id)
 
 
 def _prompt_version() -> str:

@@ -2,6 +2,8 @@
 
     fingerprint_tree("work/sample")                   # every file under the folder
     fingerprint_files(["a.json", "b.mp4"], root=".")   # an explicit list
+    cache = DigestCache("work/cache/digests.json")
+    fingerprint_tree("work/sample", cache=cache)      # a file unchanged since (path, size, mtime) is not re-read
 
 Lineage tags in MLflow carry these, so a run says exactly which data it saw.
 """
@@ -9,10 +11,13 @@ Lineage tags in MLflow carry these, so a run says exactly which data it saw.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+import json
+import os
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-__all__ = ["file_sha256", "fingerprint_digests", "fingerprint_files", "fingerprint_tree"]
+__all__ = ["DigestCache", "file_sha256", "fingerprint_digests", "fingerprint_files", "fingerprint_tree"]
 
 _CHUNK = 1 << 20
 
@@ -25,21 +30,87 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def fingerprint_files(paths: Iterable[str | Path], root: str | Path) -> str:
+class DigestCache:
+    """Each file's sha256 by its absolute path, size and mtime (ns), kept in a JSON file, so that a later
+    job (or the next stage of the same one) does not read the same bytes again. A file rewritten in place
+    changes its mtime and is hashed anew; a lost or unreadable cache file only costs the hashing."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._entries: dict[str, list] | None = None
+        self._dirty = False
+        self._lock = threading.Lock()
+
+    def _load(self) -> dict[str, list]:
+        if self._entries is None:
+            try:
+                self._entries = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                self._entries = {}
+        return self._entries
+
+    def digest(self, file: str | Path, stat: os.stat_result | None = None) -> str:
+        """The file's sha256 (``file`` absolute; ``stat``: its ``os.stat`` when the caller has it)."""
+        key = os.fspath(file)
+        stat = stat or os.stat(key)
+        with self._lock:
+            hit = self._load().get(key)
+        if hit is not None and hit[0] == stat.st_size and hit[1] == stat.st_mtime_ns:
+            return hit[2]
+        sha = file_sha256(key)
+        with self._lock:
+            self._load()[key] = [stat.st_size, stat.st_mtime_ns, sha]
+            self._dirty = True
+        return sha
+
+    def save(self) -> None:
+        """Write what was learned (atomically: a reader never sees half a file)."""
+        with self._lock:
+            if not self._dirty:
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
+            tmp.write_text(json.dumps(self._entries))
+            tmp.replace(self.path)
+            self._dirty = False
+
+
+def fingerprint_files(paths: Iterable[str | Path], root: str | Path, cache: DigestCache | None = None) -> str:
     root = Path(root).resolve()
-    return fingerprint_digests({str(Path(p).resolve().relative_to(root)): file_sha256(p) for p in paths})
+    files = [Path(p).resolve() for p in paths]
+    digest = cache.digest if cache is not None else file_sha256
+    out = fingerprint_digests({str(p.relative_to(root)): digest(p) for p in files})
+    if cache is not None:
+        cache.save()
+    return out
 
 
 def fingerprint_digests(digests: Mapping[str, str]) -> str:
     """The fingerprint of files already hashed: ``{path relative to the root: sha256}``."""
     h = hashlib.sha256()
-    for rel in sorted(digests, key=Path):
+    for rel in sorted(digests, key=lambda r: r.split("/")):  # the order of their Paths (their parts)
         h.update(rel.encode() + b"\0" + digests[rel].encode() + b"\n")
     return h.hexdigest()[:16]
 
 
-def fingerprint_tree(root: str | Path, exclude: Iterable[str] = ()) -> str:
-    root = Path(root)
+def _walk(folder: str, prefix: str) -> Iterator[tuple[str, str, os.DirEntry]]:
+    """(absolute path, path relative to the root, entry) of every file under ``folder``; one ``scandir`` per
+    folder, no per-file path resolution (the root is resolved once)."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            rel = f"{prefix}{entry.name}"
+            if entry.is_dir(follow_symlinks=True):
+                yield from _walk(entry.path, f"{rel}/")
+            elif entry.is_file(follow_symlinks=True):
+                yield entry.path, rel, entry
+
+
+def fingerprint_tree(root: str | Path, exclude: Iterable[str] = (), cache: DigestCache | None = None) -> str:
+    """Every file under ``root`` but those whose path relative to it is in ``exclude``."""
     skip = set(exclude)
-    files = [p for p in root.rglob("*") if p.is_file() and p.relative_to(root).as_posix() not in skip]
-    return fingerprint_files(files, root)
+    files = [(path, rel, entry) for path, rel, entry in _walk(str(Path(root).resolve()), "") if rel not in skip]
+    if cache is None:
+        return fingerprint_digests({rel: file_sha256(path) for path, rel, _ in files})
+    out = fingerprint_digests({rel: cache.digest(path, entry.stat()) for path, rel, entry in files})
+    cache.save()
+    return out

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from vidrip.config import ConfigError, StrictConfig
+from vidrip.config import ConfigError, ConfigPath, StrictConfig
 from vidrip.eval.prompts import PAPER_CRITERIA, Criterion
 from vidrip.runtime import RayConfig
 from vidrip.tracking import TrackingConfig
@@ -33,8 +33,9 @@ class EndpointConfig(StrictConfig):
     api_key: str | None = Field(default=None, description="else $api_key_env, else 'EMPTY' (local servers)")
     api_key_env: str = "OPENAI_API_KEY"
     timeout_s: float = Field(default=300.0, gt=0)
-    max_retries: int = Field(default=5, ge=0, description="per request: HTTP 429/5xx, connection, unparsable output")
-    backoff_s: float = Field(default=1.0, ge=0.0, description="first backoff; doubles per retry, with jitter")
+    max_retries: int = Field(
+        default=5, ge=0, description="per request: HTTP 408/409/429/5xx, connection, timeout, unparsable output"
+    )
     max_concurrency: int = Field(default=4, ge=1, description="requests in flight at once")
 
     def resolved_api_key(self) -> str:
@@ -106,7 +107,9 @@ class JudgeFreeConfig(StrictConfig):
 class ServeSection(StrictConfig):
     """Deploy this Serve config for the duration of the job (models and judge with ``base_url: null`` use it)."""
 
-    config: str = "serve_apps/tiny.yaml"
+    config: ConfigPath = Field(
+        default="serve_tiny", description="a Serve config YAML's path, or a packaged one's name (serve_tiny)"
+    )
     overrides: list[str] = Field(default_factory=list, description="key=value for the app's args")
     port: int | None = Field(default=None, ge=1, le=65535, description="default: the YAML's http_options.port")
 

@@ -1,8 +1,11 @@
 """The evaluation job: every model answers the test set, the judge scores the answers, the table is written.
 
     vidrip eval --config jobs/configs/eval.yaml          # or: python jobs/eval.py --config ...
-    result = run_eval(cfg)                               # deploys `serve` first when an endpoint needs it
-    result = evaluate(cfg, endpoint)                     # against an endpoint already up (the demo)
+    result = evaluate(cfg)                               # every model and the judge at their base_url
+    result = evaluate(cfg, endpoint)                     # ``endpoint`` stands in for each base_url: null
+
+Evaluation reaches models over HTTP only: deploying an app for ``base_url: null`` (the config's ``serve``
+section) is composed by the CLI (``vidrip eval``) or the pipeline, which then pass its endpoint here.
 
 Steps: load the test set (bad records reported and left out, never fatal), ask each model (cached),
 score with the judge (cached; failures counted), compute the judge-free metrics, write ``table.md``,
@@ -27,9 +30,9 @@ from vidrip.eval.judge import Judge, Judgement
 from vidrip.eval.metrics import SampleMetrics, diagnosis_agrees, extract_diagnosis, similarity_scores
 from vidrip.eval.predict import Prediction, model_client, predict
 from vidrip.eval.report import ModelRow, aggregate, write_reports
-from vidrip.tracking import TAG_PREFIX, job_run, resolve_tracking_uri
+from vidrip.tracking import TAG_PREFIX, Lineage
 
-__all__ = ["EvalResult", "TestSet", "evaluate", "load_test_set", "run_eval", "served_revisions"]
+__all__ = ["EvalResult", "TestSet", "evaluate", "load_test_set"]
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +133,10 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def evaluate(cfg: EvalConfig, endpoint=None) -> EvalResult:
+def evaluate(cfg: EvalConfig, endpoint=None, lineage: Lineage | None = None) -> EvalResult:
     """The evaluation against endpoints that are up; ``endpoint`` (a :class:`vidrip.serve.launch.Endpoint`)
-    stands in for every ``base_url: null``."""
-    import mlflow
-
+    stands in for every ``base_url: null``. ``lineage``: the caller's, else one for ``cfg.tracking``."""
+    lineage = lineage or Lineage(cfg.tracking, cfg.workdir)
     if endpoint is None:
         cfg.check_endpoints()
     base, key = (endpoint.base_url, endpoint.api_key) if endpoint is not None else (None, None)
@@ -153,7 +155,7 @@ def evaluate(cfg: EvalConfig, endpoint=None) -> EvalResult:
     seconds: dict[str, float] = {}
     stats: dict[str, dict[str, int]] = {}
 
-    with job_run("eval", cfg, tracking=cfg.tracking, workdir=cfg.workdir) as run:
+    with lineage.run("eval", cfg) as run:
         tags = {
             f"{TAG_PREFIX}dataset": str(Path(cfg.test_set).resolve()),
             f"{TAG_PREFIX}dataset_fingerprint": fingerprint,
@@ -163,7 +165,7 @@ def evaluate(cfg: EvalConfig, endpoint=None) -> EvalResult:
             tags[f"{TAG_PREFIX}eval.model.{i}.revision"] = m.revision or f"{m.model} at {m.base_url}"
         if judge_cfg is not None:
             tags[f"{TAG_PREFIX}eval.judge"] = judge_cfg.model
-        mlflow.set_tags(tags)
+        run.set_tags(tags)
 
         preds: list[Prediction] = []
         started = time.perf_counter()
@@ -225,60 +227,17 @@ def evaluate(cfg: EvalConfig, endpoint=None) -> EvalResult:
         metrics.update(
             {"test_items": float(len(items)), "test_records_skipped": float(len(bad)), "answers": len(firsts)}
         )
-        mlflow.log_metrics(metrics)
+        run.log_metrics(metrics)
         for p in paths.values():
-            mlflow.log_artifact(str(p))
+            run.log_artifact(p)
 
     table = paths["table_md"].read_text()
     return EvalResult(
         rows=rows,
         table=table,
         paths={k: str(v) for k, v in paths.items()},
-        run_id=run.info.run_id,
+        run_id=run.run_id,
         stats=stats,
         seconds=seconds,
         skipped_records=bad,
     )
-
-
-def run_eval(cfg: EvalConfig) -> EvalResult:
-    """:func:`evaluate`, first deploying ``cfg.serve`` (on ``cfg.ray``) when an endpoint is left to it."""
-    cfg.check_endpoints()
-    if not cfg.needs_serve():
-        return evaluate(cfg)
-    from vidrip.serve.launch import load_serve_yaml, served
-
-    spec = load_serve_yaml(cfg.serve.config, cfg.serve.overrides)
-    if cfg.serve.port is not None:
-        spec.port = cfg.serve.port
-    revisions = served_revisions(spec.config, resolve_tracking_uri(cfg.tracking, cfg.workdir))
-    models = [
-        m.model_copy(update={"revision": revisions.get(m.model)}) if m.base_url is None and not m.revision else m
-        for m in cfg.models
-    ]
-    with served(spec, cfg.workdir, cfg.ray) as endpoint:
-        return evaluate(cfg.model_copy(update={"models": models}), endpoint)
-
-
-def served_revisions(serve_cfg, tracking_uri: str) -> dict[str, str]:
-    """What each model of a Serve app is, for the evaluation's tags and cache: an adapter's registry version
-    and the run that made it, or its folder."""
-    import mlflow
-
-    from vidrip.model.loading import registry_version
-
-    mlflow.set_tracking_uri(serve_cfg.tracking_uri or tracking_uri)
-    out, folders = {}, []
-    for name, ref in serve_cfg.adapters.items():
-        if ref.startswith("models:/"):
-            version = registry_version(ref)
-            out[name] = f"{ref} = version {version.version} of MLflow run {version.run_id} ({version.source})"
-            folders.append(Path(version.source))
-        else:
-            out[name] = str(Path(ref).resolve())
-            folders.append(Path(ref))
-    base = serve_cfg.model.checkpoint
-    if base is None and folders and (folders[0] / "adapter_config.json").is_file():
-        base = json.loads((folders[0] / "adapter_config.json").read_text())["base_model_name_or_path"]
-    out[serve_cfg.served_name] = base or f"{serve_cfg.model.preset} preset"
-    return out

@@ -79,31 +79,15 @@ def _component_config(cls, field: str, ref: str):
         ) from None
 
 
-def resolve_checkpoint(cfg: ModelConfig) -> ModelConfig:
-    """``cfg`` with a ``models:/name@alias`` or ``models:/name/version`` checkpoint replaced by its folder."""
+def resolve_checkpoint(cfg: ModelConfig, tracking_uri: str | None = None) -> ModelConfig:
+    """``cfg`` with a ``models:/name@alias`` or ``models:/name/version`` checkpoint replaced by its folder
+    (looked up in the store at ``tracking_uri``; None: ``$MLFLOW_TRACKING_URI``)."""
+    from vidrip.tracking import registry_version
+
     ref = cfg.checkpoint
     if ref is None or not ref.startswith("models:/"):
         return cfg
-    return cfg.model_copy(update={"checkpoint": registry_version(ref).source})
-
-
-def registry_version(ref: str):
-    """The MLflow ``ModelVersion`` that ``models:/name@alias`` or ``models:/name/version`` names (in the
-    current tracking store); :class:`FileNotFoundError` naming the store if there is none."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    name, sep, alias = ref.removeprefix("models:/").partition("@")
-    try:
-        if sep:
-            version = client.get_model_version_by_alias(name, alias)
-        else:
-            name, _, number = name.partition("/")
-            version = client.get_model_version(name, number)
-    except mlflow.exceptions.MlflowException as exc:
-        where = mlflow.get_tracking_uri()
-        raise FileNotFoundError(f"checkpoint: {ref} is not in the model registry at {where}: {exc}") from None
-    return version
+    return cfg.model_copy(update={"checkpoint": registry_version(ref, tracking_uri).source})
 
 
 def model_config(cfg: ModelConfig):

@@ -23,12 +23,19 @@ It reads top to bottom like the paper's method section:
 
 MLflow: a parent run in the ``vidrip-pipeline`` experiment; each step its own run under it (tags
 ``vidrip.step``, ``vidrip.step_key``, its outputs as ``vidrip.step_outputs``); each step's job (curation,
-training, ...) nests its own runs under the step's. A step's key hashes its job config with the keys and
-data fingerprint of what it consumes, so a change anywhere upstream re-runs everything downstream of it.
+training, ...) nests its own runs under the step's, through the one :class:`vidrip.tracking.Lineage` of
+the job. A step's key hashes its resolved job config (the YAML's content after overrides, not its path)
+with the keys and data fingerprint of what it consumes, so a change anywhere upstream re-runs everything
+downstream of it. The key is the only name: it decides the skip and names the step's run
+(``<step>-<key>``), the training run (``<name>-train-<key>``) and the sweep (``<name>-sweep-<key>``), so a
+changed config is a new run beside the old one, which stays browsable.
 
 Rerun: a step whose key has a FINISHED run with outputs still on disk is skipped (its outputs reused);
 a rerun with the same ``name`` reopens the parent run. A step that stopped resumes inside: curation keeps
-finished videos, training reopens its stages (run name ``<name>-train-<key>``), the sweep its trials.
+finished videos, training reopens its stages, the sweep its trials (same key, same names).
+Each step names its inputs: the sweep starts from this run's stage-2 run (by its id), never from "the
+newest" one in the store. On a shared cluster the pipeline deletes only the Serve applications it
+deployed (the curation step's instruction LLM at once; the endpoint when ``keep_serving`` is false).
 ``sample`` always runs (it rebuilds nothing that is there; its fingerprint is what the data keys hash) and
 ``serve`` always deploys. The driver itself runs the detector's fine-tune and the merge (on a cluster,
 submit with ``--entrypoint-num-gpus 1`` to give them a GPU). The summary (every step's status, seconds,
@@ -37,12 +44,11 @@ run and outputs) is ``<workdir>/pipeline/<name>/summary.json``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +59,7 @@ from vidrip.config import StrictConfig
 from vidrip.pipeline import steps
 from vidrip.pipeline.config import PipelineConfig
 
-__all__ = ["PipelineResult", "StepRecord", "run_pipeline", "step_key"]
+__all__ = ["PipelineResult", "StepRecord", "keyed_config", "run_pipeline", "step_key"]
 
 log = logging.getLogger(__name__)
 PIPELINE_TAG = "vidrip.pipeline"
@@ -99,11 +105,12 @@ def step_key(step: str, inputs: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _inputs_of(config) -> dict:
+def _inputs_of(config, drop: tuple[str, ...] = ()) -> dict:
     """A job config as a step's key sees it: without what changes no result (the cluster it runs on, the
-    endpoint and key an LLM is reached by)."""
+    endpoint and key an LLM is reached by, the run name the key itself gives: ``drop``)."""
     out = config.model_dump(mode="json")
-    out.pop("ray", None)
+    for field in ("ray", *drop):
+        out.pop(field, None)
     for section in out.values():
         if isinstance(section, dict):
             for k in ("base_url", "api_key"):
@@ -114,65 +121,61 @@ def _inputs_of(config) -> dict:
 class _Steps:
     """Runs steps under the parent run: skip when done, else a step run around the step's job."""
 
-    def __init__(self, cfg: PipelineConfig, parent, workdir: Path):
-        self.cfg = cfg
+    def __init__(self, parent, lineage):
         self.parent = parent
-        self.workdir = workdir
+        self.lineage = lineage
         self.records: list[StepRecord] = []
 
     def _done(self, step: str, key: str):
-        from vidrip.tracking import search_runs
-
-        query = f"tags.`{STEP_TAG}` = '{step}' and tags.`{KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'"
-        for run in search_runs(f"{self.cfg.tracking.experiment_prefix}-{EXPERIMENT_JOB}", query):
+        for run in self.lineage.find_runs(EXPERIMENT_JOB, {STEP_TAG: step, KEY_TAG: key}):
             outputs = json.loads(run.data.tags.get(OUTPUTS_TAG, "null") or "null")
             if isinstance(outputs, dict) and all(Path(p).exists() for p in outputs.get("paths", [])):
                 return run, outputs
         return None, None
 
-    def run(self, step: str, inputs: dict, fn: Callable[[Any], dict], always: bool = False) -> dict:
-        """``fn(step_run)``'s outputs, or those of an earlier FINISHED run with the same key."""
-        import mlflow
-
+    def run(self, step: str, inputs: dict, fn: Callable[[Any, Any], dict], always: bool = False) -> dict:
+        """``fn(step_run, step_lineage)``'s outputs, or those of an earlier FINISHED run with the same key.
+        ``step_lineage`` nests the job's own runs under the step's."""
         key = step_key(step, inputs)
         earlier, outputs = (None, None) if always else self._done(step, key)
         started = time.perf_counter()
         if earlier is not None:
             run_id = earlier.info.run_id
-            if earlier.data.tags.get("mlflow.parentRunId") != self.parent.info.run_id:
+            if earlier.data.tags.get("mlflow.parentRunId") != self.parent.run_id:
                 with self._step_run(step, key, inputs) as run:  # lineage under this parent, pointing at the work
-                    mlflow.set_tags({REUSED_TAG: earlier.info.run_id, OUTPUTS_TAG: json.dumps(outputs)})
-                    run_id = run.info.run_id
+                    run.set_tags({REUSED_TAG: earlier.info.run_id, OUTPUTS_TAG: json.dumps(outputs)})
+                    run_id = run.run_id
             log.info("pipeline step %s: done earlier (MLflow run %s, key %s): skipped", step, earlier.info.run_id, key)
             record = StepRecord(step, "skipped", time.perf_counter() - started, run_id, key, outputs)
         else:
             log.info("pipeline step %s: running (key %s)", step, key)
             with self._step_run(step, key, inputs) as run:
-                outputs = fn(run)
-                mlflow.set_tag(OUTPUTS_TAG, json.dumps(outputs, default=str))  # paths and ids: far below 8000
-                mlflow.log_dict(outputs, "outputs.json")
-                mlflow.log_metric("seconds", time.perf_counter() - started)
-            record = StepRecord(step, "ran", time.perf_counter() - started, run.info.run_id, key, outputs)
+                outputs = fn(run, self.lineage.child(run.run_id))
+                run.set_tag(OUTPUTS_TAG, json.dumps(outputs, default=str))  # paths and ids: far below 8000
+                run.log_dict(outputs, "outputs.json")
+                run.log_metric("seconds", time.perf_counter() - started)
+            record = StepRecord(step, "ran", time.perf_counter() - started, run.run_id, key, outputs)
             log.info("pipeline step %s: done in %.0f s", step, record.seconds)
         self.records.append(record)
         return outputs
 
-    @contextlib.contextmanager
-    def _step_run(self, step: str, key: str, inputs: dict) -> Iterator:
-        import mlflow
-
-        from vidrip.tracking import job_run
-
-        with job_run(
+    def _step_run(self, step: str, key: str, inputs: dict):
+        return self.lineage.run(
             EXPERIMENT_JOB,
             StepInputs(step=step, key=key, inputs=inputs),
-            tracking=self.cfg.tracking,
-            workdir=self.workdir,
-            parent_run_id=self.parent.info.run_id,
-            run_name=step,
-        ) as run:
-            mlflow.set_tags({STEP_TAG: step, KEY_TAG: key})  # the pipeline's name tags the parent alone
-            yield run
+            parent_run_id=self.parent.run_id,
+            run_name=f"{step}-{key[:8]}",
+            tags={STEP_TAG: step, KEY_TAG: key},  # the pipeline's name tags the parent alone
+        )
+
+
+def keyed_config(step: str, build: Callable[[str], Any], data: dict, name_field: str, run_name: str):
+    """A job config whose run name is its own step key: ``build(name)`` makes the config; the key hashes it
+    without the name (and with ``data``, what it consumes). Returns (config, the step's inputs)."""
+    draft = build("key")
+    inputs = {"config": _inputs_of(draft, drop=(name_field,)), **data}
+    key = step_key(step, inputs)
+    return draft.model_copy(update={name_field: f"{run_name}-{step}-{key[:8]}"}), inputs
 
 
 def validate(cfg: PipelineConfig) -> None:
@@ -192,29 +195,22 @@ def validate(cfg: PipelineConfig) -> None:
 
 def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     """Run the pipeline on the Ray cluster this process is connected to (see the module docstring)."""
-    import mlflow
-
-    from vidrip.tracking import job_run
+    from vidrip.tracking import Lineage
 
     validate(cfg)
     workdir = Path(cfg.workdir).resolve()
     out = workdir / "pipeline" / cfg.name
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with job_run(
-        EXPERIMENT_JOB,
-        cfg,
-        tracking=cfg.tracking,
-        workdir=workdir,
-        run_name=cfg.name,
-        resume_by=(PIPELINE_TAG, cfg.name),
+    lineage = Lineage(cfg.tracking, workdir)
+    with lineage.run(
+        EXPERIMENT_JOB, cfg, run_name=cfg.name, resume_by=(PIPELINE_TAG, cfg.name), tags={STEP_TAG: "pipeline"}
     ) as parent:
-        mlflow.set_tag(STEP_TAG, "pipeline")
-        s = _Steps(cfg, parent, workdir)
+        s = _Steps(parent, lineage)
         sample = s.run(
             "sample",
             {"config": cfg.sample and cfg.sample.model_dump(), "sample_dir": cfg.sample_dir},
-            lambda _: steps.run_sample(cfg),
+            lambda _run, step: steps.run_sample(cfg, step),
             always=True,
         )
         data = {"sample_fingerprint": sample["fingerprint"]}
@@ -222,7 +218,11 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
         weights = None
         if cfg.detector is not None:
             det_cfg = steps.detector_config(cfg, sample["dir"])
-            det = s.run("detector", {"config": _inputs_of(det_cfg), **data}, lambda _: steps.run_detector(det_cfg))
+            det = s.run(
+                "detector",
+                {"config": _inputs_of(det_cfg), **data},
+                lambda _run, step: steps.run_detector(det_cfg, step),
+            )
             weights = det["weights"]
             data["detector_key"] = s.records[-1].key
 
@@ -233,12 +233,13 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
             "instruct_llm": None if spec is None else spec.config.model_dump(mode="json"),
             **data,
         }
-        curated = s.run("curate", cur_inputs, lambda _: steps.run_curate(cur_cfg, spec, workdir))
+        curated = s.run("curate", cur_inputs, lambda _run, step: steps.run_curate(cur_cfg, spec, workdir, step))
         data["curate_key"] = s.records[-1].key
 
-        train_key = step_key("train", {"config": cfg.train.model_dump(), "model": cfg.model.model_dump(), **data})
-        train_cfg = steps.train_config(cfg, sample["dir"], curated["out"], f"{cfg.name}-train-{train_key[:8]}")
-        trained = s.run("train", {"config": _inputs_of(train_cfg), **data}, lambda _: steps.run_train(train_cfg))
+        train_cfg, train_inputs = keyed_config(
+            "train", lambda n: steps.train_config(cfg, sample["dir"], curated["out"], n), data, "run_name", cfg.name
+        )
+        trained = s.run("train", train_inputs, lambda _run, step: steps.run_train(train_cfg, step))
         data["train_key"] = s.records[-1].key
         stages = trained["stages"]
         full = sorted(k for k in stages if k != "3")  # stages trained in full: the last is the served base
@@ -248,28 +249,29 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
         if cfg.sweep is not None:
             if "2" not in stages:
                 raise ValueError("sweep: needs stage 2 in train's stages (the sweep starts from it)")
-            sweep_key = step_key("sweep", {"config": cfg.sweep.model_dump(), **data})
-            sweep_cfg = steps.sweep_config(
-                cfg, sample["dir"], stages["2"]["checkpoint"], curated["out"], f"{cfg.name}-sweep-{sweep_key[:8]}"
-            )
-            swept = s.run(
+            sweep_cfg, sweep_inputs = keyed_config(
                 "sweep",
-                {"config": _inputs_of(sweep_cfg), **data},
-                lambda _: steps.run_sweep_step(sweep_cfg),
+                lambda n: steps.sweep_config(cfg, sample["dir"], stages["2"]["run_id"], curated["out"], n),
+                data,
+                "name",
+                cfg.name,
             )
+            swept = s.run("sweep", sweep_inputs, lambda _run, step: steps.run_sweep_step(sweep_cfg, step))
             adapter = swept["best_checkpoint"]
             data["sweep_key"] = s.records[-1].key
 
         if cfg.merge and adapter is not None:
             merged_dir = out / f"merged-{step_key('merge', {'adapter': adapter, **data})[:8]}"
             s.run(
-                "merge", {"adapter": adapter, **data}, lambda run: steps.run_merge(adapter, merged_dir, run.info.run_id)
+                "merge",
+                {"adapter": adapter, **data},
+                lambda run, step: steps.run_merge(adapter, merged_dir, run.run_id, step),
             )
 
         serve = steps.serve_spec(cfg, sample["dir"], base, adapter)
         endpoint_box: list = []
 
-        def deploy(_run) -> dict:
+        def deploy(_run, _step) -> dict:
             endpoint, outputs = steps.run_serve(serve, workdir, out / "api_key")
             endpoint_box.append(endpoint)
             return outputs
@@ -288,31 +290,29 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
             evaluated = s.run(
                 "eval",
                 {"config": _inputs_of(ev_cfg), **data},
-                lambda _: steps.run_eval(ev_cfg, endpoint_box[0]),
+                lambda _run, step: steps.run_eval(ev_cfg, endpoint_box[0], step),
             )
             table = Path(evaluated["table_md"]).read_text()
-            mlflow.log_text(table, "eval_table.md")
+            parent.log_text(table, "eval_table.md")
         if not cfg.keep_serving:
             from ray import serve as ray_serve
 
-            ray_serve.shutdown()
+            ray_serve.delete(serve.name)  # this pipeline's app alone: every other application stays up
         seconds = time.perf_counter() - started
-        for record in s.records:
-            mlflow.log_metric(f"seconds.{record.step}", record.seconds)
-        mlflow.log_metric("seconds", seconds)
+        parent.log_metrics({f"seconds.{record.step}": record.seconds for record in s.records} | {"seconds": seconds})
         summary = {
             "name": cfg.name,
-            "run_id": parent.info.run_id,
+            "run_id": parent.run_id,
             "seconds": round(seconds, 1),
             "steps": [asdict(r) for r in s.records],
             "endpoint": {k: served[k] for k in ("url", "base_url", "models", "api_key_file")},
         }
         summary_path = out / "summary.json"
         summary_path.write_text(json.dumps(summary, indent=1, default=str))
-        mlflow.log_artifact(str(summary_path))
+        parent.log_artifact(summary_path)
     return PipelineResult(
         name=cfg.name,
-        run_id=parent.info.run_id,
+        run_id=parent.run_id,
         steps=s.records,
         summary_path=str(summary_path),
         endpoint=summary["endpoint"],

@@ -42,9 +42,8 @@ def _workdir(cfg: PipelineConfig) -> Path:
     return Path(cfg.workdir).resolve()
 
 
-def run_sample(cfg: PipelineConfig) -> dict:
+def run_sample(cfg: PipelineConfig, lineage) -> dict:
     """The embedded sample (built unless already there with the same config), and its fingerprint."""
-    from vidrip.data.fingerprint import fingerprint_tree
     from vidrip.data.sample.build import build_sample
 
     if cfg.sample is None:
@@ -59,7 +58,7 @@ def run_sample(cfg: PipelineConfig) -> dict:
         meta = out / "metadata.json"
         if not (meta.is_file() and json.loads(meta.read_text()).get("config") == sample.model_dump()):
             build_sample(sample)
-    return {"dir": str(out), "fingerprint": fingerprint_tree(out, exclude=["metadata.json"])}
+    return {"dir": str(out), "fingerprint": lineage.fingerprint(out, exclude=("metadata.json",))}
 
 
 # --------------------------------------------------------------------------------------------------- detector
@@ -79,10 +78,10 @@ def detector_config(cfg: PipelineConfig, sample_dir: str):
     )
 
 
-def run_detector(det_cfg) -> dict:
+def run_detector(det_cfg, lineage) -> dict:
     from vidrip.curate.detector_train import train_detector
 
-    result = train_detector(det_cfg)
+    result = train_detector(det_cfg, lineage=lineage)
     return {
         "weights": str(result.weights),
         "map50": result.map50,
@@ -95,13 +94,16 @@ def run_detector(det_cfg) -> dict:
 
 
 def instruct_spec(cfg: PipelineConfig):
-    """The Serve app deployed as the curation step's instruction LLM (None: curate's own llm section)."""
+    """The Serve app deployed as the curation step's instruction LLM (None: curate's own llm section), as
+    an application of its own (``<name>-instruct`` at ``/instruct``), never in place of the served one."""
     from vidrip.serve.launch import load_serve_yaml
 
     if cfg.instruct_llm is None:
         return None
     spec = load_serve_yaml(cfg.instruct_llm.config, cfg.instruct_llm.overrides)
     spec.port = cfg.serve_port or spec.port
+    spec.name = f"{spec.name}-instruct"
+    spec.route_prefix = f"{spec.route_prefix.rstrip('/')}/instruct"
     return spec
 
 
@@ -122,8 +124,8 @@ def curate_config(cfg: PipelineConfig, sample_dir: str, detector_weights: str | 
     return cur.model_copy(update=update)
 
 
-def run_curate(cur_cfg, spec, workdir: Path) -> dict:
-    """Curate, asking ``spec`` (deployed for the step, then stopped) for the instructions when given."""
+def run_curate(cur_cfg, spec, workdir: Path, lineage) -> dict:
+    """Curate, asking ``spec`` (deployed for the step, then deleted) for the instructions when given."""
     import contextlib
 
     from vidrip.curate.pipeline import check_ready, run_curation
@@ -136,7 +138,7 @@ def run_curate(cur_cfg, spec, workdir: Path) -> dict:
             )
             cur_cfg = cur_cfg.model_copy(update={"llm": llm})
         check_ready(cur_cfg)
-        result = run_curation(cur_cfg)
+        result = run_curation(cur_cfg, lineage=lineage)
     out = Path(result.out)
     clips = json.loads((out / CURATED_CLIPS).read_text())
     videos = json.loads((out / CURATED_VIDEOS).read_text())
@@ -187,10 +189,10 @@ def train_config(cfg: PipelineConfig, sample_dir: str, curated_out: str | None, 
     )
 
 
-def run_train(train_cfg) -> dict:
+def run_train(train_cfg, lineage) -> dict:
     from vidrip.train.chain import run_stages
 
-    outcomes = run_stages(train_cfg)
+    outcomes = run_stages(train_cfg, lineage)
     stages = {str(o.stage): {"run_id": o.run_id, "checkpoint": o.checkpoint, "steps": o.global_step} for o in outcomes}
     return {
         "stages": stages,
@@ -199,8 +201,9 @@ def run_train(train_cfg) -> dict:
     }
 
 
-def sweep_config(cfg: PipelineConfig, sample_dir: str, stage2: str, curated_out: str | None, name: str):
-    """The LoRA sweep of stage 3, from this pipeline's stage-2 checkpoint, on stage 3's data."""
+def sweep_config(cfg: PipelineConfig, sample_dir: str, stage2_run: str, curated_out: str | None, name: str):
+    """The LoRA sweep of stage 3, from this pipeline's stage-2 run (named by its MLflow run id), on stage 3's
+    data."""
     from vidrip.sweep.run import SweepConfig
     from vidrip.train.stages import default_stage
 
@@ -213,7 +216,8 @@ def sweep_config(cfg: PipelineConfig, sample_dir: str, stage2: str, curated_out:
             **sc.model_dump(),
             "workdir": str(_workdir(cfg)),
             "data_root": sample_dir,
-            "model": cfg.model.model_copy(update={"checkpoint": stage2}).model_dump(),
+            "init_from": stage2_run,
+            "model": cfg.model.model_dump(),
             "name": name,
             "stage_overrides": overrides,
             "ray": cfg.ray.model_dump(),
@@ -222,10 +226,10 @@ def sweep_config(cfg: PipelineConfig, sample_dir: str, stage2: str, curated_out:
     )
 
 
-def run_sweep_step(sweep_cfg) -> dict:
+def run_sweep_step(sweep_cfg, lineage) -> dict:
     from vidrip.sweep.run import run_sweep
 
-    result = run_sweep(sweep_cfg)
+    result = run_sweep(sweep_cfg, lineage)
     if result.best is None:
         raise RuntimeError(f"sweep {result.name}: no trial finished with a checkpoint; see {result.table_path}")
     return {
@@ -238,13 +242,12 @@ def run_sweep_step(sweep_cfg) -> dict:
     }
 
 
-def run_merge(adapter: str, out: Path, step_run_id: str) -> dict:
+def run_merge(adapter: str, out: Path, step_run_id: str, lineage) -> dict:
     """The served adapter folded into its base: a standalone checkpoint (for servers without LoRA)."""
-    from vidrip.tracking import register_checkpoint
     from vidrip.train.merge import merge_adapter
 
     merged = merge_adapter(adapter, out)
-    version = register_checkpoint("vidrip-video-merged", merged, step_run_id, tags={"vidrip.adapter": adapter})
+    version = lineage.register("vidrip-video-merged", merged, step_run_id, tags={"vidrip.adapter": adapter})
     return {
         "merged": str(merged),
         "adapter": adapter,
@@ -323,10 +326,10 @@ def eval_config(cfg: PipelineConfig, step: StepConfig, sample_dir: str, served: 
     )
 
 
-def run_eval(ev_cfg, endpoint) -> dict:
+def run_eval(ev_cfg, endpoint, lineage) -> dict:
     from vidrip.eval.run import evaluate
 
-    result = evaluate(ev_cfg, endpoint)
+    result = evaluate(ev_cfg, endpoint, lineage)
     return {
         "table_md": str(result.paths["table_md"]),
         "run_id": result.run_id,

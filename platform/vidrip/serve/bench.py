@@ -264,7 +264,9 @@ def run_bench(cfg: BenchServeConfig) -> dict:
             if cfg.autoscale_max > 1:
                 results["autoscale"] = _autoscale(cfg, media)
         finally:
-            serve.shutdown()
+            for app in ("bench", "autoscale"):  # this benchmark's apps only; Serve and other apps stay
+                if app in serve.status().applications:
+                    serve.delete(app)
             if ray.is_initialized():
                 ray.shutdown()
     first, last = (results["modes"][f"batch_{b}"] for b in (cfg.batch_sizes[0], cfg.batch_sizes[-1]))

@@ -79,14 +79,10 @@ class Engine:
     def __init__(self, cfg: ServeConfig):
         import torch
 
-        if cfg.tracking_uri:
-            import mlflow
-
-            mlflow.set_tracking_uri(cfg.tracking_uri)
         self.cfg = cfg
         if cfg.replicas.torch_threads is not None:
             torch.set_num_threads(cfg.replicas.torch_threads)
-        base = resolve_checkpoint(self._base_config(cfg))
+        base = resolve_checkpoint(self._base_config(cfg), cfg.tracking_uri)
         if base.checkpoint and (Path(base.checkpoint) / "adapter_config.json").is_file():
             raise ValueError(
                 f"model.checkpoint: {cfg.model.checkpoint} is a LoRA adapter; serve its base model as `model` "
@@ -130,7 +126,7 @@ class Engine:
         source = self.cfg.adapters.get(name)
         if source is None:
             raise KeyError(name)
-        return Path(resolve_checkpoint(ModelConfig(checkpoint=source)).checkpoint)
+        return Path(resolve_checkpoint(ModelConfig(checkpoint=source), self.cfg.tracking_uri).checkpoint)
 
     def load_adapter(self, name: str) -> None:
         """Load adapter ``name`` (blocking; idempotent)."""

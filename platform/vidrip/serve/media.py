@@ -61,10 +61,6 @@ def _too_large(param: str, what: str) -> APIError:
     return APIError(413, f"{param}: {what}", param=param, code="media_too_large")
 
 
-def _unreadable(param: str, exc: VideoReadError) -> APIError:
-    return APIError(400, f"{param}: not a readable video: {exc.reason}", param=param, code="invalid_media")
-
-
 def _data_url(url: str, param: str, max_bytes: int) -> bytes:
     header, sep, payload = url.partition(",")
     if not sep or not header.endswith(";base64"):

@@ -13,7 +13,9 @@ values (the Ray Train V2 pattern), holding out ``eval_fraction`` of the stage's 
 the cluster allows: ``max_concurrent_trials`` is the number of trial-sized slices (the trial's workers,
 plus a sliver of CPU for the trial driver) that fit in the cluster's CPUs and GPUs, at least one.
 
-Stage 3 starts from ``model.checkpoint`` when set, else from the newest FINISHED stage-2 run in MLflow.
+Stage 3 starts from what ``init_from`` names: a stage-2 run id, ``models:/name@alias`` (or ``/version``)
+or a folder (``model.checkpoint`` works too); without either the sweep is refused, listing the stage-2 runs
+it could start from, never guessing "the newest run in the store".
 A failing trial is recorded as failed and the sweep goes on. A sweep has a name (``name``; a new
 ``sweep-<time>`` when unset): rerunning with the same name restores the Tune experiment and finishes
 what was unfinished (each unfinished trial resumes from its own last checkpoint).
@@ -36,11 +38,11 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from vidrip.config import StrictConfig
+from vidrip.config import ConfigPath, StrictConfig, config_file
 from vidrip.model.loading import ModelConfig
 from vidrip.runtime import RayConfig
 from vidrip.sweep.space import Dimension, apply_params, tune_space
-from vidrip.tracking import TrackingConfig
+from vidrip.tracking import Lineage, ResolvedInput, TrackedRun, TrackingConfig
 from vidrip.train.loop import StageRunConfig
 from vidrip.train.stages import StageSpec, default_stage
 
@@ -77,6 +79,11 @@ class SweepConfig(StrictConfig):
     name: str | None = Field(
         default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="None: 'sweep-<time>'; reuse to resume"
     )
+    init_from: str | None = Field(
+        default=None,
+        description="stage 3 starts from: a stage-2 MLflow run id, models:/name@alias or /version, or a folder; "
+        "None: model.checkpoint",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     stage_overrides: dict[str, Any] = Field(default_factory=dict, description="onto the paper's stage 3, all trials")
     space: dict[str, Dimension] = Field(min_length=1)
@@ -91,7 +98,9 @@ class SweepConfig(StrictConfig):
     cpus_per_worker: float = Field(default=0.95, gt=0)
     use_gpu: bool = False
     per_device_batch_size: int = Field(default=1, ge=1)
-    deepspeed: str | None = "jobs/configs/deepspeed/zero3.json"
+    deepspeed: ConfigPath | None = Field(
+        default="zero3", description="DeepSpeed config JSON: a path, or zero2 / zero3 (packaged); None: plain DDP"
+    )
     max_concurrent_trials: int | None = Field(default=None, ge=1, description="None: as many as the cluster fits")
     registered_model: str = "vidrip-video"
     alias: str = "champion"
@@ -185,23 +194,16 @@ def _trial(config: dict) -> None:
     fit_stage(run, callbacks=[TuneReportCallback()])
 
 
-def init_checkpoint(cfg: SweepConfig) -> tuple[str, str | None]:
-    """Stage 3's starting checkpoint and the MLflow run it came from (None: given in the config)."""
-    import mlflow
+def init_checkpoint(cfg: SweepConfig, lineage: Lineage) -> ResolvedInput:
+    """Stage 3's starting checkpoint, and the MLflow run it came from when known (see the module docstring)."""
+    from vidrip.train.chain import STAGE_TAG
 
-    from vidrip.tracking import resolve_tracking_uri
-    from vidrip.train.chain import CHECKPOINT_TAG, find_stage_run
-
-    if cfg.model.checkpoint is not None:
-        return cfg.model.checkpoint, None
-    mlflow.set_tracking_uri(resolve_tracking_uri(cfg.tracking, Path(cfg.workdir).resolve()))
-    init = find_stage_run(2, None, f"{cfg.tracking.experiment_prefix}-train")
-    if init is None:
-        raise FileNotFoundError(
-            "the sweep starts stage 3 from stage 2, but MLflow has no FINISHED stage-2 run with a checkpoint: "
-            "train it first (vidrip train --stages 0-2) or set model.checkpoint"
+    ref = cfg.init_from or cfg.model.checkpoint
+    if ref is None:
+        raise lineage.missing_input(
+            "init_from", "train", {STAGE_TAG: "2"}, "a stage-2 MLflow run id, models:/name@alias, or a folder"
         )
-    return init.data.tags[CHECKPOINT_TAG], init.info.run_id
+    return lineage.resolve_input(ref, "init_from" if cfg.init_from else "model.checkpoint")
 
 
 def _base_run(cfg: SweepConfig, name: str, checkpoint: str) -> StageRunConfig:
@@ -217,7 +219,7 @@ def _base_run(cfg: SweepConfig, name: str, checkpoint: str) -> StageRunConfig:
         per_device_batch_size=cfg.per_device_batch_size,
         max_steps=cfg.max_steps,
         save_steps=cfg.eval_every,
-        deepspeed=str(Path(cfg.deepspeed).resolve()) if cfg.deepspeed else None,
+        deepspeed=str(config_file(cfg.deepspeed).resolve()) if cfg.deepspeed else None,
         eval_fraction=cfg.eval_fraction,
         keep_best_by=METRIC,
         max_failures=0,
@@ -298,59 +300,63 @@ def _row(result, cfg: SweepConfig) -> TrialRow:
     )
 
 
-def run_sweep(cfg: SweepConfig) -> SweepResult:
-    """Run (or resume) the sweep on the connected Ray cluster; track it; promote the best adapter."""
-    import mlflow
+def run_sweep(cfg: SweepConfig, lineage: Lineage | None = None) -> SweepResult:
+    """Run (or resume) the sweep on the connected Ray cluster; track it; promote the best adapter.
+    ``lineage``: the caller's (a pipeline step nests the sweep under its own), else one for ``cfg.tracking``."""
     import ray
 
     from vidrip.sweep.report import plot_sweep, results_table
-    from vidrip.tracking import job_run, register_checkpoint, resolve_tracking_uri
 
     start = time.perf_counter()
     workdir = Path(cfg.workdir).resolve()
+    lineage = lineage or Lineage(cfg.tracking, workdir)
     name = cfg.name or new_sweep_name()
-    mlflow.set_tracking_uri(resolve_tracking_uri(cfg.tracking, workdir))
-    checkpoint, init_run = init_checkpoint(cfg)
-    base = _base_run(cfg, name, checkpoint)
+    init = init_checkpoint(cfg, lineage)
+    base = _base_run(cfg, name, init.checkpoint)
     concurrency = cfg.max_concurrent_trials or max_concurrent_trials(cfg, ray.cluster_resources())
-    experiment = f"{cfg.tracking.experiment_prefix}-tune"
+    free, needed = ray.available_resources().get("CPU", 0.0), TRIAL_DRIVER_CPUS + cfg.num_workers * cfg.cpus_per_worker
+    if free < needed:
+        log.warning(
+            "sweep %s: %.2f CPUs are free and a trial needs %.2f: trials wait until others (Serve replicas, "
+            "other jobs) free them",
+            name,
+            free,
+            needed,
+        )
     out_dir = workdir / "tune" / name
-    with job_run(
-        "tune",
-        cfg,
-        tracking=cfg.tracking,
-        workdir=workdir,
-        dataset=cfg.data_root,
-        run_name=name,
-        resume_by=(SWEEP_TAG, name),
-    ) as parent:
-        mlflow.set_tags(
-            {"vidrip.init_from_run": init_run or "model.checkpoint", "vidrip.concurrent_trials": str(concurrency)}
+    with lineage.run("tune", cfg, dataset=cfg.data_root, run_name=name, resume_by=(SWEEP_TAG, name)) as parent:
+        parent.set_tags(
+            {
+                "vidrip.init_from_run": init.run_id or init.ref,
+                "vidrip.init_checkpoint": init.checkpoint,
+                "vidrip.concurrent_trials": str(concurrency),
+            }
         )
         log.info("sweep %s: up to %d trial(s) at once; results in %s", name, concurrency, out_dir)
         grid = _tuner(cfg, name, base, concurrency).fit()
         rows = sorted((_row(r, cfg) for r in grid), key=lambda r: r.trial)
-        logged = {r.data.tags[TRIAL_TAG]: r.info.run_id for r in _trial_runs(experiment, parent.info.run_id)}
-        run_ids = {row.trial: logged.get(row.trial) or _log_trial(row, parent) for row in rows}
+        trial_runs = lineage.find_runs("tune", status=None, parent=parent.run_id)
+        logged = {r.data.tags[TRIAL_TAG]: r.info.run_id for r in trial_runs if TRIAL_TAG in r.data.tags}
+        run_ids = {row.trial: logged.get(row.trial) or _log_trial(row, parent, lineage) for row in rows}
         keys = list(cfg.space)
         table_path = out_dir / "results.csv"
         table = results_table(rows, keys, table_path)
         plot_path = plot_sweep(rows, keys, out_dir / "sweep.png")
-        mlflow.log_artifact(str(table_path))
-        mlflow.log_artifact(str(plot_path))
+        parent.log_artifact(table_path)
+        parent.log_artifact(plot_path)
         done = [r for r in rows if r.best_eval_loss is not None and r.checkpoint is not None]
         best = min(done, key=lambda r: r.best_eval_loss) if done else None
         version = None
         if best is not None:
-            mlflow.log_metric("best_eval_loss", best.best_eval_loss)
-            mlflow.set_tags({"vidrip.best_trial": best.trial, "vidrip.best_checkpoint": best.checkpoint})
-            client = mlflow.MlflowClient()
+            parent.log_metric("best_eval_loss", best.best_eval_loss)
+            parent.set_tags({"vidrip.best_trial": best.trial, "vidrip.best_checkpoint": best.checkpoint})
+            client = lineage.client
             query = f"name = '{cfg.registered_model}' and run_id = '{run_ids[best.trial]}'"
             known = [v for v in client.search_model_versions(query) if v.source == best.checkpoint]  # a rerun
             registered = (
                 known[0]
                 if known
-                else register_checkpoint(
+                else lineage.register(
                     cfg.registered_model,
                     best.checkpoint,
                     run_ids[best.trial],
@@ -364,7 +370,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
         name=name,
         rows=rows,
         best=best,
-        run_id=parent.info.run_id,
+        run_id=parent.run_id,
         registered_version=version,
         table=table,
         table_path=str(table_path),
@@ -373,38 +379,28 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     )
 
 
-def _trial_runs(experiment: str, parent_id: str) -> list:
-    from vidrip.tracking import search_runs
-
-    runs = search_runs(experiment, f"tags.`mlflow.parentRunId` = '{parent_id}'")
-    return [r for r in runs if TRIAL_TAG in r.data.tags]
-
-
-def _log_trial(row: TrialRow, parent) -> str:
+def _log_trial(row: TrialRow, parent: TrackedRun, lineage: Lineage) -> str:
     """The trial as an MLflow run nested under the sweep, ended FINISHED or FAILED (never left RUNNING)."""
-    import mlflow
+    from vidrip.tracking import CHECKPOINT_TAG, flatten
 
-    from vidrip.tracking import flatten
-
-    run = mlflow.start_run(
-        experiment_id=parent.info.experiment_id,
+    created = lineage.client.create_run(
+        parent.experiment_id,
         run_name=row.trial,
-        nested=True,
-        parent_run_id=parent.info.run_id,
-        tags={TRIAL_TAG: row.trial, "vidrip.trial_status": row.status},
+        tags={TRIAL_TAG: row.trial, "vidrip.trial_status": row.status, "mlflow.parentRunId": parent.run_id},
     )
+    run = TrackedRun(lineage.client, created.info.run_id, parent.experiment_id)
     try:
-        mlflow.log_params(flatten(row.params))
+        run.log_params(flatten(row.params))
         for entry in row.history:
             step = int(entry.get("step", 0))
-            mlflow.log_metrics({k: v for k, v in entry.items() if k != "step"}, step=step)
-        mlflow.log_metric("steps", row.steps)
+            run.log_metrics({k: v for k, v in entry.items() if k != "step"}, step=step)
+        run.log_metric("steps", row.steps)
         if row.best_eval_loss is not None:
-            mlflow.log_metric("best_eval_loss", row.best_eval_loss)
+            run.log_metric("best_eval_loss", row.best_eval_loss)
         if row.checkpoint:
-            mlflow.set_tag("vidrip.checkpoint", row.checkpoint)
+            run.set_tag(CHECKPOINT_TAG, row.checkpoint)
         if row.error:
-            mlflow.set_tag("vidrip.error", row.error)
+            run.set_tag("vidrip.error", row.error)
     finally:
-        mlflow.end_run(status="FAILED" if row.status == "failed" else "FINISHED")
-    return run.info.run_id
+        lineage.client.set_terminated(run.run_id, "FAILED" if row.status == "failed" else "FINISHED")
+    return run.run_id

@@ -31,7 +31,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from vidrip.config import StrictConfig
+from vidrip.config import ConfigPath, StrictConfig, config_file
 from vidrip.data.sample.build import SampleConfig
 from vidrip.data.video import FramePolicy
 from vidrip.model.loading import ModelConfig
@@ -63,7 +63,9 @@ class BenchTrainConfig(StrictConfig):
     cpus_per_worker: float = Field(default=1.0, gt=0)
     use_gpu: bool = False
     gradient_checkpointing: bool = False
-    deepspeed: str | None = "jobs/configs/deepspeed/zero2.json"
+    deepspeed: ConfigPath | None = Field(
+        default="zero2", description="DeepSpeed config JSON: a path, or zero2 / zero3 (packaged); None: plain DDP"
+    )
     peak_tflops: float = Field(default=989.0, gt=0, description="per GPU, for MFU (H100 dense bf16)")
     ray: RayConfig = Field(default_factory=lambda: RayConfig(num_cpus=2, ports=RayPorts().shifted(2000)))
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -110,7 +112,7 @@ def _run_config(cfg: BenchTrainConfig, mode: str, data_root: Path) -> StageRunCo
         max_steps=cfg.steps,
         save_steps=cfg.steps,
         logging_steps=1,
-        deepspeed=str(Path(cfg.deepspeed).resolve()) if cfg.deepspeed else None,
+        deepspeed=str(config_file(cfg.deepspeed).resolve()) if cfg.deepspeed else None,
         gradient_checkpointing=cfg.gradient_checkpointing,
         max_failures=0,
     )
@@ -129,7 +131,7 @@ def _single_process_child(run_json: str) -> list[dict]:
     os.environ.update(
         {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
     )
-    deepspeed = json.loads(Path(run.deepspeed).read_text()) if run.deepspeed else None
+    deepspeed = json.loads(config_file(run.deepspeed).read_text()) if run.deepspeed else None
     trainer = build_trainer(run.model_copy(update={"save_steps": run.max_steps + 1}), deepspeed, 0, 1)
     trainer.train()
     return list(trainer.state.log_history)
@@ -171,19 +173,18 @@ def _summary(history: list[dict], warmup: int, workers: int, global_batch: int) 
 
 def run_bench(cfg: BenchTrainConfig) -> dict:
     """Measure every mode of ``cfg``; returns (and writes) the results."""
-    import mlflow
-
     from vidrip.data.sample.build import build_sample
     from vidrip.model.loading import model_config
     from vidrip.runtime import ray_session
-    from vidrip.tracking import job_run
+    from vidrip.tracking import Lineage
 
     workdir = Path(cfg.workdir).resolve()
     sample = Path(cfg.sample.out)
     if not (sample / "metadata.json").is_file():
         build_sample(cfg.sample)
     results: dict[str, dict] = {}
-    with job_run("bench", cfg, tracking=cfg.tracking, workdir=workdir, dataset=sample, run_name="bench_train"):
+    lineage = Lineage(cfg.tracking, workdir)
+    with lineage.run("bench", cfg, dataset=sample, run_name="bench_train") as tracked:
         for mode in (m for m in cfg.modes if m == "single"):
             log.info("bench: single process, %d steps", cfg.steps)
             run = _run_config(cfg, mode, sample)
@@ -210,7 +211,7 @@ def run_bench(cfg: BenchTrainConfig) -> dict:
                 flops = training_flops_per_sample(config, round(tokens_per_sample), frames)
                 r["mfu"] = flops * r["samples_per_second_per_worker"] / (cfg.peak_tflops * 1e12)
         for mode, r in results.items():
-            mlflow.log_metrics({f"{mode}.{k}": float(v) for k, v in r.items()})
+            tracked.log_metrics({f"{mode}.{k}": float(v) for k, v in r.items()})
     out = {"config": cfg.model_dump(mode="json"), "results": results}
     (workdir / "bench_train.json").write_text(json.dumps(out, indent=2))
     return out

@@ -6,8 +6,10 @@ Run as::
     python jobs/train.py --config jobs/configs/train_tiny.yaml
 
 One parent MLflow run per training run, one nested run per stage. A stage's ``init_from`` names a
-stage, never a path: the checkpoint is the ``vidrip.checkpoint`` tag of the newest FINISHED run of that
-stage (under this parent run when it trained there, else anywhere in the ``vidrip-train`` experiment).
+stage, never a path: the checkpoint is the ``vidrip.checkpoint`` tag of that stage's FINISHED run in this
+training run. A first stage whose predecessor is not part of the run (``stages=[3]``) starts from what
+``init_from`` names, a run id, ``models:/name@alias`` (or ``/version``) or a folder; without it the run
+is refused with the candidates listed, never guessed from "the newest run in the store".
 Each stage run records every config value as a param, the per-step loss, learning rate, grad norm,
 samples/s and tokens/s from the Trainer's log history, and tags: stage, checkpoint, init run, dataset
 fingerprint. The last stage's model becomes a new version of the registered model ``vidrip-video``.
@@ -28,29 +30,31 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from vidrip.config import StrictConfig
+from vidrip.config import ConfigPath, StrictConfig, config_file
 from vidrip.model.loading import ModelConfig
 from vidrip.runtime import RayConfig
-from vidrip.tracking import TrackingConfig, config_sha, job_run, register_checkpoint, search_runs
+from vidrip.tracking import CHECKPOINT_TAG, RUN_ID, Lineage, ResolvedInput, TrackingConfig, config_sha
 from vidrip.train.loop import StageRunConfig, fit_stage, read_events
 from vidrip.train.memory import GIB, MemoryPlan, default_capacity_gib, memory_plan
 from vidrip.train.stages import StageSpec, default_stages
 
 __all__ = [
+    "CHECKPOINT_TAG",
+    "STAGE_TAG",
     "StageOutcome",
     "TrainConfig",
     "check_plans",
-    "find_stage_run",
     "new_run_name",
     "plan_stages",
+    "resolve_start",
     "run_stages",
 ]
 
 log = logging.getLogger(__name__)
 STAGE_TAG = "vidrip.stage"
-CHECKPOINT_TAG = "vidrip.checkpoint"
 TRAIN_RUN_TAG = "vidrip.train_run"  # on the parent run: the training run's name
 CONFIG_SHA_TAG = "vidrip.config_sha"
+INIT_TAG = "vidrip.init_from_run"  # on a stage run: the run its checkpoint came from, "base", or the folder
 LOGGED_METRICS = ("loss", "learning_rate", "grad_norm", "samples_per_second", "tokens_per_second")
 
 
@@ -77,17 +81,20 @@ class TrainConfig(StrictConfig):
     max_failures: int = Field(
         default=2, ge=0, description="worker failures a stage survives (resumes from its checkpoint)"
     )
-    deepspeed: dict[Literal["full", "lora"], str | None] = Field(
-        default_factory=lambda: {
-            "full": "jobs/configs/deepspeed/zero2.json",
-            "lora": "jobs/configs/deepspeed/zero3.json",
-        },
-        description="DeepSpeed config for stages without and with LoRA (None: plain DDP)",
+    deepspeed: dict[Literal["full", "lora"], ConfigPath | None] = Field(
+        default_factory=lambda: {"full": "zero2", "lora": "zero3"},
+        description="DeepSpeed config JSON for stages without and with LoRA: a path, or zero2 / zero3 (the ZeRO-2 "
+        "and ZeRO-3 configs vidrip ships); None: plain DDP",
     )
     run_name: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
         description="None: a new run 'train-<time>'; an earlier run's name resumes it",
+    )
+    init_from: str | None = Field(
+        default=None,
+        description="what the first stage starts from when the stage it starts from is not in this run "
+        "(e.g. stages=[3]): an MLflow run id, models:/name@alias or models:/name/version, or a folder",
     )
     registered_model: str = Field(default="vidrip-video", description="the last stage's model is a new version")
     ray: RayConfig = Field(default_factory=RayConfig)
@@ -128,33 +135,20 @@ class StageOutcome(StrictConfig):
     trained: bool = False  # False: kept from an earlier invocation of the same training run
 
 
-def find_stage_run(stage: int, parent_run_id: str | None = None, experiment: str = "vidrip-train"):
-    """The newest FINISHED run of ``stage`` that has a checkpoint (under ``parent_run_id`` if it has one)."""
-    base = f"tags.`{STAGE_TAG}` = '{stage}' and attributes.status = 'FINISHED'"
-    for query in ([f"{base} and tags.`mlflow.parentRunId` = '{parent_run_id}'"] if parent_run_id else []) + [base]:
-        runs = [r for r in search_runs(experiment, query) if CHECKPOINT_TAG in r.data.tags]
-        if runs:
-            return runs[0]
-    return None
-
-
 def _log_history(hf_checkpoint: Path) -> list[dict]:
     state = hf_checkpoint / "trainer_state.json"
     return json.loads(state.read_text())["log_history"] if state.is_file() else []
 
 
-def _outcome_of(run, stage: int) -> StageOutcome:
+def _outcome_of(run, stage: int, lineage: Lineage) -> StageOutcome:
     """A FINISHED stage run, read back from MLflow (a resumed training run keeps it)."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    losses = client.get_metric_history(run.info.run_id, "loss")
-    init = run.data.tags.get("vidrip.init_from_run", "base")
+    losses = lineage.client.get_metric_history(run.info.run_id, "loss")
+    init = run.data.tags.get(INIT_TAG, "base")
     return StageOutcome(
         stage=stage,
         run_id=run.info.run_id,
         checkpoint=run.data.tags[CHECKPOINT_TAG],
-        init_run_id=None if init == "base" else init,
+        init_run_id=init if RUN_ID.match(init) else None,
         global_step=int(run.data.metrics.get("global_step", 0)),
         final_loss=max(losses, key=lambda m: m.step).value if losses else float("nan"),
         seconds=run.data.metrics.get("seconds", 0.0),
@@ -174,7 +168,7 @@ def plan_stages(cfg: TrainConfig) -> list[MemoryPlan]:
                 spec,
                 workers=cfg.num_workers,
                 use_gpu=cfg.use_gpu,
-                deepspeed_config=json.loads(Path(ds_path).read_text()) if ds_path else None,
+                deepspeed_config=json.loads(config_file(ds_path).read_text()) if ds_path else None,
                 capacity_gib=capacity,
                 per_device_batch_size=cfg.per_device_batch_size,
                 gradient_checkpointing=cfg.gradient_checkpointing,
@@ -201,52 +195,76 @@ def new_run_name() -> str:
     return time.strftime("train-%Y%m%d-%H%M%S")
 
 
-def run_stages(cfg: TrainConfig) -> list[StageOutcome]:
+def run_stages(cfg: TrainConfig, lineage: Lineage | None = None) -> list[StageOutcome]:
     """Run ``cfg.stages`` in order on the connected Ray cluster, each from its ``init_from``.
 
-    With ``cfg.run_name`` of an earlier run: resume it (see the module docstring)."""
+    With ``cfg.run_name`` of an earlier run: resume it (see the module docstring). ``lineage``: the
+    caller's (a pipeline step nests this run under its own), else one for ``cfg.tracking``."""
 
     check_plans(plan_stages(cfg))
     workdir = Path(cfg.workdir).resolve()
-    experiment = f"{cfg.tracking.experiment_prefix}-train"
+    lineage = lineage or Lineage(cfg.tracking, workdir)
     name = cfg.run_name or new_run_name()
+    start = resolve_start(cfg, lineage, name)
     log.info("training run %s (rerun with run_name=%s to resume it)", name, name)
     outcomes: list[StageOutcome] = []
-    with job_run(
-        "train",
-        cfg,
-        tracking=cfg.tracking,
-        workdir=workdir,
-        dataset=cfg.data_root,
-        run_name=name,
-        resume_by=(TRAIN_RUN_TAG, name),
-    ) as parent:
+    with lineage.run("train", cfg, dataset=cfg.data_root, run_name=name, resume_by=(TRAIN_RUN_TAG, name)) as parent:
         for index in cfg.stages:
-            outcome = _run_stage(cfg, index, name, parent.info.run_id, experiment, workdir)
+            outcome = _run_stage(cfg, index, name, parent.run_id, lineage, workdir, start)
             outcomes.append(outcome)
             if index == cfg.stages[-1] and outcome.trained:
-                version = register_checkpoint(
+                version = lineage.register(
                     cfg.registered_model, outcome.checkpoint, outcome.run_id, tags={STAGE_TAG: str(index)}
                 )
                 log.info("registered %s version %s (stage %d)", cfg.registered_model, version.version, index)
     return outcomes
 
 
-def _run_stage(cfg: TrainConfig, index: int, name: str, parent_id: str, experiment: str, workdir: Path):
-    import mlflow
+def resolve_start(cfg: TrainConfig, lineage: Lineage, name: str | None = None) -> ResolvedInput | None:
+    """What the first stage starts from when its predecessor is not in ``cfg.stages`` (None: it needs
+    nothing): ``cfg.init_from``, else that stage as trained earlier in the same training run (``name``);
+    refused, listing the candidates, if neither."""
+    stage = cfg.spec(cfg.stages[0]).init_from
+    if stage == "base" or stage in cfg.stages:
+        return None
+    if cfg.init_from is not None:
+        return lineage.resolve_input(cfg.init_from, "init_from")
+    for parent in lineage.find_runs("train", {TRAIN_RUN_TAG: name}, status=None) if name else []:
+        done = lineage.find_runs("train", {STAGE_TAG: str(stage)}, parent=parent.info.run_id)
+        done = [r for r in done if CHECKPOINT_TAG in r.data.tags]
+        if done:
+            return lineage.resolve_input(done[0].info.run_id, "init_from")
+    raise lineage.missing_input(
+        "init_from",
+        "train",
+        {STAGE_TAG: str(stage)},
+        f"stage {cfg.stages[0]} starts from stage {stage}, which is not in stages={cfg.stages}: "
+        f"an MLflow run id of stage {stage}, models:/name@alias, or a checkpoint folder",
+    )
 
+
+def _init_tag(init_stage, init_run_id: str | None, start) -> str:
+    if init_stage == "base":
+        return "base"
+    return init_run_id or start.ref
+
+
+def _run_stage(
+    cfg: TrainConfig, index: int, name: str, parent_id: str, lineage: Lineage, workdir: Path, start
+) -> StageOutcome:
     spec = cfg.spec(index)
     model = cfg.model
     init_run_id = None
     if spec.init_from != "base":
-        init = find_stage_run(spec.init_from, parent_id, experiment)
-        if init is None:
-            raise RuntimeError(
-                f"stage {index} starts from stage {spec.init_from}, but MLflow has no FINISHED run of "
-                f"stage {spec.init_from} with a checkpoint; run it first (stages=[{spec.init_from},{index}])"
-            )
-        init_run_id = init.info.run_id
-        model = model.model_copy(update={"checkpoint": init.data.tags[CHECKPOINT_TAG]})
+        if spec.init_from in cfg.stages:
+            runs = lineage.find_runs("train", {STAGE_TAG: str(spec.init_from)}, parent=parent_id)
+            runs = [r for r in runs if CHECKPOINT_TAG in r.data.tags]
+            if not runs:
+                raise RuntimeError(f"stage {index}: stage {spec.init_from} of training run '{name}' left no checkpoint")
+            init_run_id, checkpoint = runs[0].info.run_id, runs[0].data.tags[CHECKPOINT_TAG]
+        else:
+            init_run_id, checkpoint = start.run_id, start.checkpoint
+        model = model.model_copy(update={"checkpoint": checkpoint})
     run_cfg = StageRunConfig(
         stage=spec,
         model=model,
@@ -263,7 +281,7 @@ def _run_stage(cfg: TrainConfig, index: int, name: str, parent_id: str, experime
         deepspeed=cfg.deepspeed["lora" if spec.uses_lora else "full"],
     )
     sha = config_sha(run_cfg)
-    before = search_runs(experiment, f"tags.`{STAGE_TAG}` = '{index}' and tags.`mlflow.parentRunId` = '{parent_id}'")
+    before = lineage.find_runs("train", {STAGE_TAG: str(index)}, status=None, parent=parent_id)
     for run in before:
         if run.data.tags.get(CONFIG_SHA_TAG) != sha:
             raise ValueError(
@@ -273,34 +291,32 @@ def _run_stage(cfg: TrainConfig, index: int, name: str, parent_id: str, experime
     finished = [r for r in before if r.info.status == "FINISHED" and CHECKPOINT_TAG in r.data.tags]
     if finished:
         log.info("stage %d: already finished in MLflow run %s: kept", index, finished[0].info.run_id)
-        return _outcome_of(finished[0], index)
+        return _outcome_of(finished[0], index, lineage)
 
-    with job_run(
+    with lineage.run(
         "train",
         run_cfg,
-        tracking=cfg.tracking,
-        workdir=workdir,
         dataset=cfg.data_root,
         parent_run_id=parent_id,
         run_name=f"stage{index}-{spec.name}",
+        tags={STAGE_TAG: str(index), INIT_TAG: _init_tag(spec.init_from, init_run_id, start)},
     ) as run:
-        mlflow.set_tags({STAGE_TAG: str(index), "vidrip.init_from_run": init_run_id or "base"})
-        start = time.perf_counter()
+        started = time.perf_counter()
         result = fit_stage(run_cfg)
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - started
         hf_dir = Path(result.checkpoint) / "checkpoint"
         for entry in _log_history(hf_dir):
             metrics = {k: float(v) for k, v in entry.items() if k in LOGGED_METRICS}
             if metrics:
-                mlflow.log_metrics(metrics, step=int(entry.get("step", 0)))
+                run.log_metrics(metrics, step=int(entry.get("step", 0)))
         resumes = [e["step"] for e in read_events(run_cfg.output_dir) if e["event"] == "resume"]
         if resumes:
-            mlflow.set_tag("vidrip.resumed_from_steps", ",".join(map(str, resumes)))
-        mlflow.log_metrics({"seconds": seconds, "global_step": result.global_step})
-        mlflow.set_tag(CHECKPOINT_TAG, str(hf_dir))
+            run.set_tag("vidrip.resumed_from_steps", ",".join(map(str, resumes)))
+        run.log_metrics({"seconds": seconds, "global_step": result.global_step})
+        run.set_tag(CHECKPOINT_TAG, str(hf_dir))
     outcome = StageOutcome(
         stage=index,
-        run_id=run.info.run_id,
+        run_id=run.run_id,
         checkpoint=str(hf_dir),
         init_run_id=init_run_id,
         global_step=result.global_step,

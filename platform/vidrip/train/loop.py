@@ -28,7 +28,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from vidrip.config import StrictConfig
+from vidrip.config import ConfigPath, StrictConfig, config_file
 from vidrip.model.loading import ModelConfig
 from vidrip.train.stages import StageSpec
 
@@ -59,7 +59,9 @@ class StageRunConfig(StrictConfig):
     max_steps: int = Field(default=-1, description="-1: the stage's epochs")
     save_steps: int = Field(default=2, ge=1)
     logging_steps: int = Field(default=1, ge=1)
-    deepspeed: str | None = Field(default="jobs/configs/deepspeed/zero2.json", description="None: plain DDP")
+    deepspeed: ConfigPath | None = Field(
+        default="zero2", description="DeepSpeed config JSON: a path, or zero2 / zero3 (packaged); None: plain DDP"
+    )
     gradient_checkpointing: bool = False
     max_length: int | None = Field(default=None, ge=16)
     max_failures: int = Field(default=2, ge=0)
@@ -281,7 +283,7 @@ def fit_stage(cfg: StageRunConfig, callbacks=()) -> StageResult:
     cfg = cfg.model_copy(
         update={"data_root": str(Path(cfg.data_root).resolve()), "output_dir": str(Path(cfg.output_dir).resolve())}
     )
-    deepspeed = json.loads(Path(cfg.deepspeed).read_text()) if cfg.deepspeed else None
+    deepspeed = json.loads(config_file(cfg.deepspeed).read_text()) if cfg.deepspeed else None
     trainer = TorchTrainer(
         train_func_per_worker,
         train_loop_config={"run": cfg.model_dump(mode="json"), "deepspeed": deepspeed},
