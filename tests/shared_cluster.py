@@ -13,6 +13,21 @@ import threading
 import httpx
 
 
+def stop_serve(ray_head) -> None:
+    """Serve stopped on the session's test head, every application with it: the tests own that cluster, and a
+    test that started Serve leaves none running (a running Serve is reused with its own HTTP port)."""
+    import ray
+    from ray import serve
+
+    from vidrip.runtime import connect
+
+    connect(ray_head.config, ray_head.workdir)
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
 def other_app():
     """Another team's application: it answers "other", on no CPU of its own."""
     from ray import serve

@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from shared_cluster import stop_serve
 from vidrip.model.loading import ModelConfig, model_config
 from vidrip.model.presets import PRESETS
 from vidrip.train.bench import BenchTrainConfig, format_results, run_bench, training_flops_per_sample
@@ -117,7 +118,10 @@ def test_the_serving_benchmark_runs_every_measure(ray_head, tmp_path, monkeypatc
         return merged
 
     monkeypatch.setattr(serve_bench, "_load", load_until_scaled_up)
-    out = run_serve_bench(cfg)
+    try:
+        out = run_serve_bench(cfg)  # deletes its own apps and leaves Serve running, as on a shared cluster
+    finally:
+        stop_serve(ray_head)
     for mode in ("batch_4", "batch_1"):
         assert out["modes"][mode]["requests"] > 0 and out["modes"][mode]["errors"] == 0, out["modes"][mode]
     assert out["batching_speedup"] > 0 and out["in_process_p50_s"] > 0 and out["served_one_client_p50_s"] > 0
@@ -142,6 +146,6 @@ def test_the_fingerprint_benchmark_measures_both_passes_and_reports_the_ratio(tm
 
     out = run_bench(BenchFingerprintConfig(workdir=str(tmp_path), files=40, file_bytes=1024, repeats=1))
     assert out["first_s"] > 0 and out["second_s"] > 0
-    assert out["second_vs_first"] == pytest.approx(out["second_s"] / out["first_s"], rel=0.05)  # of rounded times
+    assert out["second_vs_first"] == pytest.approx(out["second_s"] / out["first_s"], abs=5e-4)
     assert len(json.loads((tmp_path / "fingerprint_digests.json").read_text())) == 40  # the cache a later job reads
     assert "| bench_fingerprint | second fingerprint / first |" in report(tmp_path)

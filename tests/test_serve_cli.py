@@ -16,7 +16,7 @@ import yaml
 
 from conftest import free_port
 from serve_models import make_adapter, make_base, make_video
-from shared_cluster import Watcher, other_app
+from shared_cluster import Watcher, other_app, stop_serve
 
 pytestmark = pytest.mark.integration
 
@@ -46,17 +46,6 @@ def _wait_for_line(proc: subprocess.Popen, needle: str, timeout: float = 240) ->
         if needle in line:
             return lines
     raise AssertionError(f"{needle!r} never printed; output:\n" + "\n".join(lines[-40:]))
-
-
-def _shutdown_serve(ray_head) -> None:
-    import ray
-    from ray import serve
-
-    from vidrip.runtime import connect
-
-    connect(ray_head.config, ray_head.workdir)
-    serve.shutdown()
-    ray.shutdown()
 
 
 def test_bad_override_names_the_key(venv_bin, repo):
@@ -159,7 +148,7 @@ def test_serve_run_deploys_tiny_yaml(ray_head, served_files, venv_bin, repo, sub
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
-        _shutdown_serve(ray_head)
+        stop_serve(ray_head)
 
 
 def test_vidrip_eval_deploys_its_app_beside_another_and_deletes_only_its_own(
@@ -201,16 +190,17 @@ def test_vidrip_eval_deploys_its_app_beside_another_and_deletes_only_its_own(
     watcher = Watcher(f"http://127.0.0.1:{port}/other")
     try:
         done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        watcher.stop()
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "| base |" in done.stdout and "1 items" in done.stdout
+        assert watcher.asked >= 5 and watcher.failures == []
+        assert httpx.get(f"http://127.0.0.1:{port}/other", timeout=10).text == "other"
+        connect(ray_head.config, ray_head.workdir)
+        try:
+            assert set(serve.status().applications) == {"other"}  # the evaluation's app alone was deleted
+        finally:
+            ray.shutdown()
     finally:
         watcher.stop()
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "| base |" in done.stdout and "1 items" in done.stdout
-    assert watcher.asked >= 5 and watcher.failures == []
-    assert httpx.get(f"http://127.0.0.1:{port}/other", timeout=10).text == "other"
-    connect(ray_head.config, ray_head.workdir)
-    try:
-        assert set(serve.status().applications) == {"other"}  # the evaluation's app alone was deleted
-        serve.delete("other")
-    finally:
-        ray.shutdown()
+        stop_serve(ray_head)
     assert "MLFLOW_TRACKING_URI" not in os.environ

@@ -76,8 +76,8 @@ def run_bench(cfg: BenchFingerprintConfig) -> dict:
             raise RuntimeError("the cached fingerprint differs from the uncached one")
     out = {
         "config": cfg.model_dump(),
-        "first_s": round(min(first), 4),
-        "second_s": round(min(second), 4),
+        "first_s": round(min(first), 6),
+        "second_s": round(min(second), 6),
         "second_vs_first": round(min(second) / min(first), 4),
     }
     (workdir / "bench_fingerprint.json").write_text(json.dumps(out, indent=1))

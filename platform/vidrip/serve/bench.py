@@ -175,7 +175,11 @@ def _batch_sizes(app: str = "bench") -> collections.Counter:
     """Batches run so far by the app's model replica, by size."""
     from ray import serve
 
-    sizes = serve.get_deployment_handle("ModelServer", app_name=app).info.remote().result()["batch_sizes"]
+    handle = serve.get_deployment_handle("ModelServer", app_name=app)
+    try:
+        sizes = handle.info.remote().result()["batch_sizes"]
+    finally:  # the handle's router reports metrics from a thread of this process until it is shut down
+        handle.shutdown()
     return collections.Counter({int(k): v for k, v in sizes.items()})
 
 
