@@ -105,6 +105,7 @@ def test_vidrip_serve_prints_a_key_answers_and_stops_on_sigterm(ray_head, served
     finally:
         if proc.poll() is None:
             proc.kill()
+        stop_serve(ray_head)  # vidrip serve deleted its app and left Serve running, as it must on a shared cluster
     assert ray_head.proc.poll() is None, "vidrip serve stopped a Ray head it did not start"
 
 

@@ -354,9 +354,28 @@ class LocalRayHead:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
+        self._end_stragglers()
         link = self._temp_dir()
         if link.is_symlink():
             link.unlink()
+
+    def _end_stragglers(self, grace_s: float = 5.0) -> None:
+        """What is left of the head's own process group once ``ray start`` has exited (Ray's agents notice that
+        their raylet is gone only after a while): SIGTERM, then SIGKILL after ``grace_s``. The group is the one
+        ``start`` made for this head, so nothing else on the machine is touched."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
 
     def submit_env(self) -> dict[str, str]:
         """What a shell needs to ``ray job submit`` or ``serve run --address`` to this head (the last needs Ray's
