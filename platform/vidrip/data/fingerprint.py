@@ -1,7 +1,6 @@
 """Content fingerprints of data sets: the same files with the same bytes give the same fingerprint.
 
     fingerprint_tree("work/sample")                   # every file under the folder
-    fingerprint_files(["a.json", "b.mp4"], root=".")   # an explicit list
     cache = DigestCache("work/cache/digests.json")
     fingerprint_tree("work/sample", cache=cache)      # a file unchanged since (path, size, mtime) is not re-read
 
@@ -17,7 +16,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-__all__ = ["DigestCache", "file_sha256", "fingerprint_digests", "fingerprint_files", "fingerprint_tree"]
+__all__ = ["DigestCache", "file_sha256", "fingerprint_digests", "fingerprint_tree"]
 
 _CHUNK = 1 << 20
 
@@ -73,16 +72,6 @@ class DigestCache:
             tmp.write_text(json.dumps(self._entries))
             tmp.replace(self.path)
             self._dirty = False
-
-
-def fingerprint_files(paths: Iterable[str | Path], root: str | Path, cache: DigestCache | None = None) -> str:
-    root = Path(root).resolve()
-    files = [Path(p).resolve() for p in paths]
-    digest = cache.digest if cache is not None else file_sha256
-    out = fingerprint_digests({str(p.relative_to(root)): digest(p) for p in files})
-    if cache is not None:
-        cache.save()
-    return out
 
 
 def fingerprint_digests(digests: Mapping[str, str]) -> str:
